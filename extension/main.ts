@@ -1,0 +1,37 @@
+/**
+ * Entry point of the extension process: the only module that touches `process`
+ * (environment, exit, signals). Lambda starts it from /opt/extensions at init.
+ */
+import { createExtensionsApi } from "../src/extensions-api.js";
+import { run } from "../src/lifecycle.js";
+import { createLogger } from "../src/log.js";
+import { createStsClient } from "../src/sts.js";
+
+const log = createLogger({ level: "info" });
+
+// The extension dying makes Lambda reset the whole environment, so one stray error
+// is logged, not fatal. Every known failure path is handled where it happens.
+process.on("uncaughtException", (err) => log.error("uncaught exception", { error: err }));
+process.on("unhandledRejection", (err) => log.error("unhandled rejection", { error: err }));
+// Lambda sends SHUTDOWN through the Extensions API; SIGTERM only comes from elsewhere (a local runner).
+process.on("SIGTERM", () => process.exit(0));
+
+const runtimeApi = process.env.AWS_LAMBDA_RUNTIME_API;
+if (!runtimeApi) {
+  log.error("AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, started by Lambda from /opt/extensions");
+  process.exit(1);
+}
+
+run({
+  env: process.env,
+  api: createExtensionsApi(runtimeApi),
+  makeLogger: (level) => createLogger({ level }),
+  makeSts: (config) => createStsClient(config.region),
+  fetch: (input, init) => fetch(input, init),
+}).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    log.error("extension failed", { error: err });
+    process.exit(1);
+  },
+);

@@ -1,0 +1,189 @@
+/**
+ * The HTTP API of SPEC §5, as a fastify app built by a factory: tests call `app.inject()`
+ * without a socket, `main` listens on loopback.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import { type Config, DEFAULT_TARGET, normalizeHost } from "./config.js";
+import { type BrokerError, isBrokerError } from "./errors.js";
+import type { AccessToken } from "./exchange.js";
+import { fingerprint, type Logger, redact } from "./log.js";
+import type { TokenCache } from "./token-cache.js";
+
+export interface AppOptions {
+  config: Config;
+  cache: Pick<TokenCache, "get" | "health" | "has">;
+  /** `AWS_SESSION_TOKEN`, else `AWS_CONTAINER_AUTHORIZATION_TOKEN`; undefined refuses every token request. */
+  sessionToken: string | undefined;
+  log: Logger;
+  now?: () => number;
+}
+
+export const SESSION_TOKEN_HEADER = "x-aws-session-token";
+export const METADATA_VERSION_HEADER = "x-databricks-metadata-version";
+export const METADATA_HOST_HEADER = "x-databricks-host";
+/** The only metadata-service protocol version the Databricks SDKs speak. */
+const METADATA_VERSION = "1";
+/** `?min_ttl` range of SPEC §5: one hour is the longest a Databricks token lives. */
+const MAX_MIN_TTL = 3600;
+/** Requests carry no body; a small limit keeps a hostile client from costing memory. */
+const BODY_LIMIT = 1024;
+/** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Header budget well above any real client, well below Node's 16 KiB default. */
+const MAX_HEADER_BYTES = 8 * 1024;
+const METHODS_NOT_GET = ["DELETE", "HEAD", "PATCH", "POST", "PUT", "OPTIONS"] as const;
+
+type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "token_unavailable" | "internal";
+const STATUS: Record<ErrorCode, number> = {
+  bad_request: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  method_not_allowed: 405,
+  token_unavailable: 503,
+  internal: 500,
+};
+
+/** Answers an error as SPEC §5 shapes it; the one place that maps codes to statuses. */
+function fail(reply: FastifyReply, code: ErrorCode, message: string, extra?: Record<string, unknown>): FastifyReply {
+  return reply.code(STATUS[code]).send({ error: code, message: redact(message), ...extra });
+}
+
+function digest(s: string): Buffer {
+  return createHash("sha256").update(s).digest();
+}
+
+/** Compares in constant time: hashing first makes lengths equal, so not even length leaks. */
+function sameSecret(given: string, expected: Buffer): boolean {
+  return timingSafeEqual(digest(given), expected);
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? undefined : v;
+}
+
+/** Builds the fastify app; no socket is opened until the caller listens. */
+export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: BODY_LIMIT,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    maxParamLength: 100,
+    // HEAD would run the token handler for nothing; it is answered 405 like other methods.
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    http: { maxHeaderSize: MAX_HEADER_BYTES },
+  });
+  const expectedSession = sessionToken ? digest(sessionToken) : undefined;
+  const waitMs = config.waitSeconds * 1000;
+
+  app.addHook("onRequest", async (req, reply) => {
+    reply.header("cache-control", "no-store");
+    if (req.headers["x-forwarded-for"] !== undefined) {
+      return fail(reply, "bad_request", "requests through a proxy are refused: the broker serves only local callers (X-Forwarded-For present)");
+    }
+  });
+
+  app.setNotFoundHandler((req, reply) => fail(reply, "not_found", `no route ${req.method} ${req.url.split("?")[0]}; routes: GET /token, /token/{target}, /metadata, /metadata/{target}, /health`));
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
+    const status = err.statusCode ?? 500;
+    if (status >= 500) {
+      log.error("request failed", { error: err });
+      return fail(reply, "internal", "internal error");
+    }
+    if (status === 404) return fail(reply, "not_found", err.message);
+    return fail(reply, "bad_request", err.message);
+  });
+
+  const minTtlOf = (req: FastifyRequest, reply: FastifyReply): number | undefined | FastifyReply => {
+    const q = req.query as Record<string, unknown>;
+    const raw = q.min_ttl;
+    if (raw === undefined) return undefined;
+    if (typeof raw !== "string" || !/^\d{1,4}$/.test(raw) || Number(raw) > MAX_MIN_TTL) {
+      return fail(reply, "bad_request", `min_ttl must be a whole number of seconds from 0 to ${MAX_MIN_TTL}`);
+    }
+    return Number(raw);
+  };
+
+  async function token(req: FastifyRequest, reply: FastifyReply, name: string, minTtl: number | undefined): Promise<AccessToken | FastifyReply> {
+    try {
+      return await cache.get(name, { minTtlSeconds: minTtl, waitMs });
+    } catch (err) {
+      if (!isBrokerError(err)) {
+        log.error("token request failed unexpectedly", { target: name, error: err });
+        return fail(reply, "internal", "internal error");
+      }
+      const e: BrokerError = err;
+      log.warn("token request answered 503", { target: name, path: req.url.split("?")[0], code: e.code, step: e.step, upstreamCode: e.upstreamCode });
+      return fail(reply, "token_unavailable", `no valid token for target ${name}: ${e.summary()}`, {
+        step: e.step,
+        code: e.code,
+        upstream_code: e.upstreamCode ?? null,
+        hint: e.hint ?? null,
+      });
+    }
+  }
+
+  const tokenRoute = async (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
+    const given = header(req, SESSION_TOKEN_HEADER);
+    if (given === undefined || given === "") return fail(reply, "unauthorized", `missing ${SESSION_TOKEN_HEADER} header: send the function's AWS_SESSION_TOKEN`);
+    if (!expectedSession) return fail(reply, "forbidden", "the environment has no AWS_SESSION_TOKEN or AWS_CONTAINER_AUTHORIZATION_TOKEN to check against");
+    if (!sameSecret(given, expectedSession)) return fail(reply, "forbidden", `${SESSION_TOKEN_HEADER} does not match the function's AWS_SESSION_TOKEN`);
+    const name = req.params.target ?? DEFAULT_TARGET;
+    if (!cache.has(name)) return fail(reply, "not_found", `unknown target ${JSON.stringify(name)}; configured: ${[...config.targets.keys()].join(", ")}`);
+    const minTtl = minTtlOf(req, reply);
+    if (typeof minTtl === "object") return minTtl;
+    const t = await token(req, reply, name, minTtl);
+    if (!("accessToken" in t)) return t;
+    const nowMs = now();
+    log.debug("token served", { target: name, route: "token", token: fingerprint(t.accessToken) });
+    return {
+      access_token: t.accessToken,
+      token_type: "Bearer",
+      expires_in: Math.floor((t.expiresAt - nowMs) / 1000),
+      expires_on: Math.floor(t.expiresAt / 1000),
+      scope: t.scope,
+      target: name,
+    };
+  };
+
+  const metadataRoute = async (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
+    const version = header(req, METADATA_VERSION_HEADER);
+    if (version !== METADATA_VERSION) {
+      return fail(reply, "bad_request", `${METADATA_VERSION_HEADER} must be ${METADATA_VERSION} (Databricks metadata-service protocol), got ${version === undefined ? "none" : JSON.stringify(version)}`);
+    }
+    const name = req.params.target ?? DEFAULT_TARGET;
+    const target = config.targets.get(name);
+    if (!target || !cache.has(name)) return fail(reply, "not_found", `unknown target ${JSON.stringify(name)}; configured: ${[...config.targets.keys()].join(", ")}`);
+    const host = header(req, METADATA_HOST_HEADER);
+    if (host === undefined || normalizeHost(host) !== target.host) {
+      return fail(reply, "forbidden", `${METADATA_HOST_HEADER} must be this target's host (${target.host}); the SDK's DATABRICKS_HOST must match the broker's`);
+    }
+    const minTtl = minTtlOf(req, reply);
+    if (typeof minTtl === "object") return minTtl;
+    const t = await token(req, reply, name, minTtl);
+    if (!("accessToken" in t)) return t;
+    log.debug("token served", { target: name, route: "metadata", token: fingerprint(t.accessToken) });
+    return { access_token: t.accessToken, token_type: "Bearer", expires_on: Math.floor(t.expiresAt / 1000) };
+  };
+
+  app.get("/token", tokenRoute);
+  app.get("/token/:target", tokenRoute);
+  app.get("/metadata", metadataRoute);
+  app.get("/metadata/:target", metadataRoute);
+  app.get("/health", async () => {
+    const targets = cache.health();
+    const ok = Object.values(targets).every((t) => t.state === "fresh" || t.state === "refreshing" || t.state === "stale");
+    return { status: ok ? "ok" : "degraded", targets };
+  });
+  const notAllowed = async (req: FastifyRequest, reply: FastifyReply) => {
+    reply.header("allow", "GET");
+    return fail(reply, "method_not_allowed", `${req.method} is not allowed; use GET`);
+  };
+  for (const url of ["/token", "/token/:target", "/metadata", "/metadata/:target", "/health"]) {
+    app.route({ method: [...METHODS_NOT_GET], url, handler: notAllowed });
+  }
+  return app;
+}

@@ -1,0 +1,408 @@
+/**
+ * Configuration: every variable of SPEC §2, read once from the environment into a frozen,
+ * typed object. Each problem names its variable and says why; all problems are reported
+ * together so one failed deploy shows every mistake.
+ */
+import { BrokerError } from "./errors.js";
+
+export type SigningAlgorithm = "RS256" | "ES384";
+export type LogLevel = "debug" | "info" | "warn" | "error";
+/** `AWS_LAMBDA_INITIALIZATION_TYPE`, which changes how the lifecycle behaves (SPEC §4). */
+export type InitializationType = "on-demand" | "provisioned-concurrency" | "snap-start" | "lambda-managed-instances";
+
+export interface Target {
+  /** `default` for the target built from `DATABRICKS_*`, else the key in `DATABRICKS_TOKEN_BROKER_TARGETS`. */
+  readonly name: string;
+  /** Normalised origin (`https://host[:port]`), compared with `X-Databricks-Host`. */
+  readonly host: string;
+  readonly isAccounts: boolean;
+  readonly accountId: string | undefined;
+  readonly clientId: string | undefined;
+  readonly scope: string;
+  readonly tokenEndpoint: string;
+}
+
+export interface Config {
+  readonly targets: ReadonlyMap<string, Target>;
+  readonly audience: string;
+  readonly signingAlgorithm: SigningAlgorithm;
+  readonly stsDurationSeconds: number;
+  readonly port: number;
+  readonly refreshAheadSeconds: number;
+  readonly minTtlSeconds: number;
+  readonly waitSeconds: number;
+  readonly logLevel: LogLevel;
+  readonly region: string;
+  readonly initializationType: InitializationType;
+}
+
+export type ParsedConfig =
+  | { readonly enabled: false; readonly logLevel: LogLevel; readonly enabledValue: string | undefined }
+  | { readonly enabled: true; readonly config: Config };
+
+export const DEFAULT_TARGET = "default";
+const P = "DATABRICKS_TOKEN_BROKER_";
+
+/** Defaults of SPEC §2. */
+export const DEFAULTS = Object.freeze({
+  scope: "all-apis",
+  audience: "databricks",
+  signingAlgorithm: "RS256" as SigningAlgorithm,
+  stsDurationSeconds: 300,
+  port: 2775,
+  refreshAheadSeconds: 600,
+  minTtlSeconds: 120,
+  waitSeconds: 10,
+  logLevel: "info" as LogLevel,
+});
+
+/** STS `GetWebIdentityToken` accepts `DurationSeconds` from 60 to 3600 (STS API reference). */
+export const STS_DURATION_RANGE = [60, 3600] as const;
+/**
+ * Lambda's own Runtime API listens on 127.0.0.1:9001 inside the environment, so a broker
+ * there could never bind (Lambda "Using the Lambda runtime API" documentation).
+ */
+const RESERVED_PORTS = new Set([9001]);
+/** Longest wait that can make sense: Lambda's maximum function timeout is 900 s. */
+const MAX_WAIT_SECONDS = 900;
+const TARGET_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const TARGET_KEYS = new Set(["host", "client_id", "account_id", "scope", "token_endpoint"]);
+/** Databricks account IDs are UUIDs; anything URL-safe is accepted so a typo shows in the error, not in the path. */
+const ACCOUNT_ID = /^[A-Za-z0-9-]{1,128}$/;
+const NO_SPACE = /^[\x21-\x7e]+$/;
+const SCOPE = /^[\x21-\x7e]+( [\x21-\x7e]+)*$/;
+
+/** Values that switch the broker on (SPEC §2); anything else leaves it idle. */
+const ENABLED_VALUES = new Set(["true", "1", "on"]);
+/** Values that plainly mean off, so only anything else earns a warning. */
+const DISABLED_VALUES = new Set(["", "false", "0", "off"]);
+
+/** True when `DATABRICKS_TOKEN_BROKER_ENABLED` holds a value that is neither on nor off. */
+export function isUnrecognisedSwitch(value: string | undefined): boolean {
+  return value !== undefined && !DISABLED_VALUES.has(value.trim().toLowerCase()) && !ENABLED_VALUES.has(value.trim().toLowerCase());
+}
+
+/** True for hosts that only this machine can reach, where plain http is acceptable. */
+export function isLoopbackHostname(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
+}
+
+/**
+ * Normalises a host as the SDKs send it in `X-Databricks-Host` (`scheme://host[:port]`):
+ * scheme defaults to https, lower-case host, default port dropped, no trailing slash.
+ * Returns undefined for anything that is not a bare origin.
+ */
+export function normalizeHost(input: string): string | undefined {
+  const raw = input.trim();
+  if (raw === "") return undefined;
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `https://${raw}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    return undefined;
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") return undefined;
+  if (url.username || url.password || url.search || url.hash || (url.pathname !== "/" && url.pathname !== "")) {
+    return undefined;
+  }
+  return url.origin;
+}
+
+/** Databricks SDKs treat `accounts.` and `accounts-dod.` hosts as the account console. */
+function isAccountsHost(origin: string): boolean {
+  const hostname = new URL(origin).hostname;
+  return hostname.startsWith("accounts.") || hostname.startsWith("accounts-dod.");
+}
+
+class Problems {
+  readonly list: string[] = [];
+  add(variable: string, why: string): void {
+    this.list.push(`${variable}: ${why}`);
+  }
+}
+
+function readWholeNumber(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+  problems: Problems,
+): number {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const value = raw.trim();
+  if (!/^\d+$/.test(value)) {
+    problems.add(name, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+    return fallback;
+  }
+  const n = Number(value);
+  if (n < min || n > max) {
+    problems.add(name, `must be from ${min} to ${max}, got ${n}`);
+    return fallback;
+  }
+  return n;
+}
+
+function readEnum<T extends string>(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  allowed: readonly T[],
+  fallback: T,
+  problems: Problems,
+  normalise: (s: string) => string = (s) => s,
+): T {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const value = normalise(raw.trim());
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  problems.add(name, `must be one of ${allowed.join(", ")}, got ${JSON.stringify(raw)}`);
+  return fallback;
+}
+
+/** A URL the broker may send a token request to: https, or http on loopback only. */
+function checkEndpoint(variable: string, raw: string, problems: Problems): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    problems.add(variable, `must be an absolute URL, got ${JSON.stringify(raw)}`);
+    return undefined;
+  }
+  if (url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHostname(url.hostname))) {
+    if (url.username || url.password) {
+      problems.add(variable, "must not carry credentials");
+      return undefined;
+    }
+    return url.href;
+  }
+  problems.add(variable, `must use https (plain http only for loopback addresses), got ${JSON.stringify(raw)}`);
+  return undefined;
+}
+
+interface TargetInput {
+  host: string | undefined;
+  clientId: string | undefined;
+  accountId: string | undefined;
+  scope: string | undefined;
+  tokenEndpoint: string | undefined;
+}
+
+/** Checks one target; `names` gives the variable name of each field for the messages. */
+function buildTarget(
+  name: string,
+  input: TargetInput,
+  names: Record<keyof TargetInput, string>,
+  defaultScope: string,
+  problems: Problems,
+): Target | undefined {
+  const before = problems.list.length;
+  let host: string | undefined;
+  if (input.host === undefined || input.host.trim() === "") {
+    problems.add(names.host, "is required: the workspace URL (https://<workspace>.cloud.databricks.com) or an accounts host");
+  } else {
+    host = normalizeHost(input.host);
+    if (host === undefined) {
+      problems.add(names.host, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${JSON.stringify(input.host)}`);
+    } else if (host.startsWith("http:") && !isLoopbackHostname(new URL(host).hostname)) {
+      problems.add(names.host, `must use https (plain http only for loopback addresses), got ${JSON.stringify(input.host)}`);
+      host = undefined;
+    }
+  }
+  const isAccounts = host !== undefined && isAccountsHost(host);
+  const accountId = input.accountId?.trim() || undefined;
+  if (accountId !== undefined && !ACCOUNT_ID.test(accountId)) {
+    problems.add(names.accountId, `must be the Databricks account ID (a UUID), got ${JSON.stringify(input.accountId)}`);
+  } else if (isAccounts && accountId === undefined && input.tokenEndpoint === undefined) {
+    problems.add(names.accountId, `is required with an accounts host (${host})`);
+  }
+  const clientId = input.clientId?.trim() || undefined;
+  if (clientId !== undefined && !NO_SPACE.test(clientId)) {
+    problems.add(names.clientId, `must be the service principal's application ID, got ${JSON.stringify(input.clientId)}`);
+  }
+  const scope = input.scope === undefined || input.scope.trim() === "" ? defaultScope : input.scope.trim();
+  if (!SCOPE.test(scope)) {
+    problems.add(names.scope, `must be space-separated OAuth scopes, got ${JSON.stringify(input.scope)}`);
+  }
+  let tokenEndpoint: string | undefined;
+  if (input.tokenEndpoint !== undefined && input.tokenEndpoint.trim() !== "") {
+    tokenEndpoint = checkEndpoint(names.tokenEndpoint, input.tokenEndpoint, problems);
+  } else if (host !== undefined) {
+    // Databricks OAuth endpoints (docs: "Authenticate with an identity provider token").
+    tokenEndpoint = isAccounts ? `${host}/oidc/accounts/${accountId ?? ""}/v1/token` : `${host}/oidc/v1/token`;
+  }
+  if (problems.list.length > before || host === undefined || tokenEndpoint === undefined) return undefined;
+  return Object.freeze({ name, host, isAccounts, accountId, clientId, scope, tokenEndpoint });
+}
+
+function parseTargets(raw: string | undefined, defaultScope: string, problems: Problems): Target[] {
+  const variable = `${P}TARGETS`;
+  if (raw === undefined || raw.trim() === "") return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (e) {
+    problems.add(variable, `must be JSON like {"name": {"host": "https://..."}}: ${(e as Error).message}`);
+    return [];
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    problems.add(variable, 'must be a JSON object of named targets, like {"name": {"host": "https://..."}}');
+    return [];
+  }
+  const targets: Target[] = [];
+  for (const [name, value] of Object.entries(parsed as Record<string, unknown>)) {
+    const at = `${variable}.${name}`;
+    if (!TARGET_NAME.test(name)) {
+      problems.add(at, "target names are 1-64 letters, digits, '-' or '_'");
+      continue;
+    }
+    if (name === DEFAULT_TARGET) {
+      problems.add(at, `"${DEFAULT_TARGET}" is the target built from DATABRICKS_HOST; choose another name`);
+      continue;
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      problems.add(at, 'must be an object like {"host": "https://..."}');
+      continue;
+    }
+    const fields = value as Record<string, unknown>;
+    let badField = false;
+    for (const [key, v] of Object.entries(fields)) {
+      if (!TARGET_KEYS.has(key)) {
+        problems.add(`${at}.${key}`, `unknown key; expected ${[...TARGET_KEYS].join(", ")}`);
+        badField = true;
+      } else if (typeof v !== "string") {
+        problems.add(`${at}.${key}`, "must be a string");
+        badField = true;
+      }
+    }
+    if (badField) continue;
+    const str = (k: string) => fields[k] as string | undefined;
+    const target = buildTarget(
+      name,
+      {
+        host: str("host"),
+        clientId: str("client_id"),
+        accountId: str("account_id"),
+        scope: str("scope"),
+        tokenEndpoint: str("token_endpoint"),
+      },
+      {
+        host: `${at}.host`,
+        clientId: `${at}.client_id`,
+        accountId: `${at}.account_id`,
+        scope: `${at}.scope`,
+        tokenEndpoint: `${at}.token_endpoint`,
+      },
+      defaultScope,
+      problems,
+    );
+    if (target) targets.push(target);
+  }
+  return targets;
+}
+
+/**
+ * Reads the configuration from `env`. A disabled broker checks nothing else, so a function
+ * can carry the layer switched off without any of its variables.
+ * @throws BrokerError with code `ERR_CONFIG`, whose message lists every bad variable.
+ */
+export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
+  const problems = new Problems();
+  const logLevel = readEnum(env, `${P}LOG_LEVEL`, ["debug", "info", "warn", "error"] as const, DEFAULTS.logLevel, problems, (s) =>
+    s.toLowerCase(),
+  );
+  const enabledValue = env[`${P}ENABLED`];
+  if (!ENABLED_VALUES.has((enabledValue ?? "").trim().toLowerCase())) {
+    return Object.freeze({ enabled: false, logLevel: problems.list.length ? DEFAULTS.logLevel : logLevel, enabledValue });
+  }
+
+  const scope = env[`${P}SCOPE`]?.trim() || DEFAULTS.scope;
+  const audience = env[`${P}AUDIENCE`]?.trim() || DEFAULTS.audience;
+  if (!NO_SPACE.test(audience)) problems.add(`${P}AUDIENCE`, `must be one audience string without spaces, got ${JSON.stringify(audience)}`);
+  const signingAlgorithm = readEnum(env, `${P}SIGNING_ALGORITHM`, ["RS256", "ES384"] as const, DEFAULTS.signingAlgorithm, problems, (s) =>
+    s.toUpperCase(),
+  );
+  const stsDurationSeconds = readWholeNumber(env, `${P}STS_DURATION_SECONDS`, DEFAULTS.stsDurationSeconds, ...STS_DURATION_RANGE, problems);
+  const port = readWholeNumber(env, `${P}PORT`, DEFAULTS.port, 1, 65535, problems);
+  if (RESERVED_PORTS.has(port)) problems.add(`${P}PORT`, `${port} is Lambda's Runtime API port; choose another`);
+  const minTtlSeconds = readWholeNumber(env, `${P}MIN_TTL_SECONDS`, DEFAULTS.minTtlSeconds, 0, 86_400, problems);
+  const refreshAheadSeconds = readWholeNumber(env, `${P}REFRESH_AHEAD_SECONDS`, DEFAULTS.refreshAheadSeconds, 0, 86_400, problems);
+  if (refreshAheadSeconds < minTtlSeconds) {
+    problems.add(
+      `${P}REFRESH_AHEAD_SECONDS`,
+      `must not be below ${P}MIN_TTL_SECONDS (${minTtlSeconds}), got ${refreshAheadSeconds}: a token would become unservable before its refresh starts`,
+    );
+  }
+  const waitRaw = env[`${P}WAIT_SECONDS`];
+  let waitSeconds: number = DEFAULTS.waitSeconds;
+  if (waitRaw !== undefined && waitRaw.trim() !== "") {
+    const n = Number(waitRaw.trim());
+    if (!/^\d+(\.\d+)?$/.test(waitRaw.trim()) || !(n > 0) || n > MAX_WAIT_SECONDS) {
+      problems.add(`${P}WAIT_SECONDS`, `must be a number of seconds above 0 and at most ${MAX_WAIT_SECONDS}, got ${JSON.stringify(waitRaw)}`);
+    } else {
+      waitSeconds = n;
+    }
+  }
+  if (!SCOPE.test(scope)) problems.add(`${P}SCOPE`, `must be space-separated OAuth scopes, got ${JSON.stringify(scope)}`);
+
+  const targets = new Map<string, Target>();
+  const defaultTarget = buildTarget(
+    DEFAULT_TARGET,
+    {
+      host: env.DATABRICKS_HOST,
+      clientId: env.DATABRICKS_CLIENT_ID,
+      accountId: env.DATABRICKS_ACCOUNT_ID,
+      scope,
+      tokenEndpoint: env[`${P}TOKEN_ENDPOINT`],
+    },
+    {
+      host: "DATABRICKS_HOST",
+      clientId: "DATABRICKS_CLIENT_ID",
+      accountId: "DATABRICKS_ACCOUNT_ID",
+      scope: `${P}SCOPE`,
+      tokenEndpoint: `${P}TOKEN_ENDPOINT`,
+    },
+    scope,
+    problems,
+  );
+  if (defaultTarget) targets.set(DEFAULT_TARGET, defaultTarget);
+  for (const t of parseTargets(env[`${P}TARGETS`], scope, problems)) targets.set(t.name, t);
+
+  const region = env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim() || undefined;
+  // GetWebIdentityToken has no global endpoint, so the regional one needs a region.
+  if (region === undefined) problems.add("AWS_REGION", "is required (Lambda sets it; outside Lambda set it to the function's region)");
+
+  const initializationType = readEnum(
+    env,
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    ["on-demand", "provisioned-concurrency", "snap-start", "lambda-managed-instances"] as const,
+    "on-demand",
+    new Problems(), // Lambda sets it; an unknown future value falls back to on-demand rather than failing init.
+  );
+
+  if (problems.list.length > 0) {
+    throw new BrokerError("ERR_CONFIG", `invalid configuration: ${problems.list.join("; ")}`, {
+      step: "config",
+      retryable: false,
+      hint: "fix the named environment variables of the function",
+    });
+  }
+  return Object.freeze({
+    enabled: true,
+    config: Object.freeze({
+      targets,
+      audience,
+      signingAlgorithm,
+      stsDurationSeconds,
+      port,
+      refreshAheadSeconds,
+      minTtlSeconds,
+      waitSeconds,
+      logLevel,
+      region: region ?? "",
+      initializationType,
+    }),
+  });
+}

@@ -1,0 +1,159 @@
+/**
+ * The STS source: signs the function's AWS identity into a short-lived JWT with
+ * `GetWebIdentityToken` (IAM outbound identity federation).
+ */
+import { GetWebIdentityTokenCommand, STSClient } from "@aws-sdk/client-sts";
+import type { SigningAlgorithm } from "./config.js";
+import { BrokerError } from "./errors.js";
+import type { Logger } from "./log.js";
+
+/** The part of `STSClient` the source uses, so tests can pass a fake. */
+export interface StsLike {
+  send(command: GetWebIdentityTokenCommand, options?: { abortSignal?: AbortSignal }): Promise<{
+    WebIdentityToken?: string | undefined;
+    Expiration?: Date | undefined;
+  }>;
+}
+
+export interface StsJwt {
+  readonly jwt: string;
+  /** Unix ms, from the answer's `Expiration`. */
+  readonly expiresAt: number;
+  readonly durationSeconds: number;
+}
+
+export interface StsSourceOptions {
+  client: StsLike;
+  audience: string;
+  signingAlgorithm: SigningAlgorithm;
+  durationSeconds: number;
+  log: Logger;
+}
+
+/** STS will not sign for less than this (`DurationSeconds` minimum, STS API reference). */
+const MIN_DURATION_SECONDS = 60;
+
+/**
+ * How long one STS call may take before it counts as a transient failure. STS answers in
+ * tens of milliseconds; 5 s leaves room for a cold TLS handshake and a slow region.
+ */
+export const STS_TIMEOUT_MS = 5_000;
+/** Connection set-up budget inside the timeout above. */
+const STS_CONNECT_TIMEOUT_MS = 2_000;
+
+/**
+ * The client the extension uses: regional endpoint (GetWebIdentityToken has no global one;
+ * `AWS_ENDPOINT_URL_STS` still overrides it), and one attempt per call because the token
+ * cache owns retries and their backoff — two retry loops would multiply upstream calls.
+ */
+export function createStsClient(region: string): STSClient {
+  return new STSClient({
+    region,
+    maxAttempts: 1,
+    requestHandler: { connectionTimeout: STS_CONNECT_TIMEOUT_MS, requestTimeout: STS_TIMEOUT_MS },
+  });
+}
+
+/** AWS error codes as the SDK names them, without the `Exception` suffix some models add. */
+function upstreamCodeOf(err: unknown): string {
+  const e = err as { name?: unknown; Code?: unknown; code?: unknown };
+  const raw = typeof e.Code === "string" ? e.Code : typeof e.name === "string" ? e.name : typeof e.code === "string" ? e.code : "Error";
+  return raw.replace(/Exception$/, "");
+}
+
+const THROTTLING = new Set(["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestThrottled", "SlowDown"].map((c) => c.replace(/Exception$/, "")));
+const NETWORK = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "TimeoutError", "AbortError", "RequestTimeout", "RequestTimeoutException"]);
+
+/** Maps an SDK error to a BrokerError that says what failed and what to check. */
+export function classifyStsError(err: unknown): BrokerError {
+  const code = upstreamCodeOf(err);
+  const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+  const errno = (err as { code?: unknown }).code;
+  const message = err instanceof Error ? err.message : String(err);
+  const opts = { step: "sts" as const, upstreamCode: code, cause: err };
+  if (code === "AccessDenied") {
+    return new BrokerError("ERR_STS_ACCESS_DENIED", `STS denied GetWebIdentityToken: ${message}`, {
+      ...opts,
+      retryable: false,
+      hint: "allow sts:GetWebIdentityToken in the function's execution role, with conditions sts:IdentityTokenAudience matching DATABRICKS_TOKEN_BROKER_AUDIENCE and sts:DurationSeconds at least DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
+    });
+  }
+  if (code === "OutboundWebIdentityFederationDisabled") {
+    return new BrokerError("ERR_STS_FEDERATION_DISABLED", `outbound web identity federation is disabled for this AWS account: ${message}`, {
+      ...opts,
+      retryable: false,
+      hint: "enable it once per account: aws iam enable-outbound-web-identity-federation",
+    });
+  }
+  if (code === "SessionDurationEscalation") {
+    return new BrokerError("ERR_STS_SESSION_DURATION", `STS would not sign a JWT outliving the role session, even for ${MIN_DURATION_SECONDS} s: ${message}`, {
+      ...opts,
+      retryable: true,
+      hint: "the execution role's session is about to expire; Lambda renews it, so this passes on its own",
+    });
+  }
+  if (THROTTLING.has(code) || status === 429) {
+    return new BrokerError("ERR_STS_UNAVAILABLE", `STS throttled the request: ${message}`, { ...opts, retryable: true, hint: "too many GetWebIdentityToken calls in this account and region; the broker backs off" });
+  }
+  if ((typeof errno === "string" && NETWORK.has(errno)) || NETWORK.has(code) || (status !== undefined && status >= 500)) {
+    return new BrokerError("ERR_STS_UNAVAILABLE", `STS could not be reached or failed: ${message}`, {
+      ...opts,
+      retryable: true,
+      hint: "a network or STS fault; the broker retries with backoff. In a VPC, the function needs a route to the regional STS endpoint (NAT gateway or an STS interface endpoint)",
+    });
+  }
+  if (status === undefined || (status >= 200 && status < 300)) {
+    // No HTTP status means the SDK failed before or after the exchange: a body it could not
+    // parse, or a connection dropped mid-answer. Both can pass on their own.
+    return new BrokerError("ERR_STS_INVALID_RESPONSE", `STS answer could not be used: ${message}`, { ...opts, retryable: true, hint: "an STS or network fault; the broker retries with backoff" });
+  }
+  return new BrokerError("ERR_STS_REJECTED", `STS rejected GetWebIdentityToken: ${message}`, {
+    ...opts,
+    retryable: false,
+    hint: "check DATABRICKS_TOKEN_BROKER_AUDIENCE, DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM and DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
+  });
+}
+
+/** Durations to try after `SessionDurationEscalation`: halve until the STS minimum. */
+function shorter(seconds: number): number | undefined {
+  if (seconds <= MIN_DURATION_SECONDS) return undefined;
+  return Math.max(MIN_DURATION_SECONDS, Math.floor(seconds / 2));
+}
+
+/**
+ * Returns a function that gets one JWT from STS. A `SessionDurationEscalation` (the asked
+ * lifetime outlives the role session) is answered by asking again for less, down to 60 s.
+ */
+export function createStsSource({ client, audience, signingAlgorithm, durationSeconds, log }: StsSourceOptions) {
+  return async function getJwt(signal?: AbortSignal): Promise<StsJwt> {
+    let duration = durationSeconds;
+    for (;;) {
+      let answer: Awaited<ReturnType<StsLike["send"]>>;
+      try {
+        answer = await client.send(
+          new GetWebIdentityTokenCommand({ Audience: [audience], SigningAlgorithm: signingAlgorithm, DurationSeconds: duration }),
+          signal ? { abortSignal: signal } : undefined,
+        );
+      } catch (err) {
+        const classified = classifyStsError(err);
+        const next: number | undefined = classified.code === "ERR_STS_SESSION_DURATION" ? shorter(duration) : undefined;
+        if (next === undefined) throw classified;
+        log.info("STS refused the duration: the role session ends sooner; asking for less", { step: "sts", durationSeconds: duration, next });
+        duration = next;
+        continue;
+      }
+      const jwt = answer.WebIdentityToken;
+      const expiresAt = answer.Expiration?.getTime();
+      if (typeof jwt !== "string" || jwt.split(".").length !== 3 || expiresAt === undefined || !Number.isFinite(expiresAt)) {
+        throw new BrokerError("ERR_STS_INVALID_RESPONSE", "STS answered without a WebIdentityToken and Expiration", {
+          step: "sts",
+          retryable: true,
+          hint: "an STS or proxy fault; check AWS_ENDPOINT_URL_STS if it is set",
+        });
+      }
+      return { jwt, expiresAt, durationSeconds: duration };
+    }
+  };
+}
+
+export type StsSource = ReturnType<typeof createStsSource>;

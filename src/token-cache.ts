@@ -1,0 +1,341 @@
+/**
+ * The token cache: one cached Databricks token per target and scope, refreshed ahead of
+ * expiry, never served expired or under the minimum TTL.
+ *
+ * `lru-cache` does the caching: its `fetchMethod` merges concurrent refreshes of a key into
+ * one, its TTL marks the start of the refresh-ahead window (a "stale" entry is still served
+ * while it refreshes), and a failed refresh leaves the old entry in place. This module adds
+ * what lru-cache cannot know: real expiry, the minimum TTL, and when the next upstream call
+ * is allowed after a failure (backoff for transient failures, a cooldown for permanent ones).
+ */
+import { LRUCache } from "lru-cache";
+import type { Target } from "./config.js";
+import { BrokerError, isBrokerError } from "./errors.js";
+import type { AccessToken } from "./exchange.js";
+import { fingerprint, type Logger } from "./log.js";
+
+export type TokenSource = (target: Target, signal?: AbortSignal) => Promise<AccessToken>;
+
+/** First backoff step after a transient failure; doubles per consecutive failure. */
+export const BACKOFF_BASE_MS = 500;
+/** Longest backoff: keeps a dead upstream at about two calls a minute. */
+export const BACKOFF_CAP_MS = 30_000;
+/**
+ * After a permanent failure (access denied, invalid_grant, ...) no upstream call for this
+ * long: a fix (an IAM or federation-policy change) takes effect without a redeploy, yet a
+ * busy function cannot hammer STS. 30 s, the wait the AWS SDK's `fromSso` uses after a
+ * failed refresh.
+ */
+export const COOLDOWN_MS = 30_000;
+/**
+ * A token fetched this recently counts as fresh: a `?min_ttl` no token can satisfy is then
+ * served this token instead of causing one exchange per request.
+ */
+export const FRESH_ENOUGH_MS = 5_000;
+
+export interface TokenCacheOptions {
+  targets: ReadonlyMap<string, Target>;
+  source: TokenSource;
+  refreshAheadSeconds: number;
+  minTtlSeconds: number;
+  log: Logger;
+  /** Wall clock, Unix ms, read afresh each time: a monotonic reading is wrong after a freeze. */
+  now?: () => number;
+  /** Jitter source in [0, 1). */
+  random?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+interface KeyState {
+  failures: number;
+  /** No upstream call before this (Unix ms). */
+  nextAttemptAt: number;
+  lastError: BrokerError | undefined;
+  lastErrorAt: number | undefined;
+  lastRefreshAt: number | undefined;
+  refreshes: number;
+  /** The fetch running now, so `settled()` can wait for it. */
+  inFlight: Promise<unknown> | undefined;
+}
+
+export type TargetState = "empty" | "fetching" | "fresh" | "refreshing" | "stale" | "unavailable";
+
+export interface TargetHealth {
+  state: TargetState;
+  expires_on: number | null;
+  last_refresh: string | null;
+  refreshes: number;
+  consecutive_failures: number;
+  last_error: { step: string; code: string; upstream_code: string | null; message: string; at: string } | null;
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
+/** Builds the cache key; scope is part of it so a target's scope change can never reuse a token. */
+const keyOf = (t: Target) => `${t.name}\u0000${t.scope}`;
+
+export class TokenCache {
+  readonly #targets: ReadonlyMap<string, Target>;
+  readonly #byKey = new Map<string, Target>();
+  readonly #source: TokenSource;
+  readonly #refreshAheadMs: number;
+  readonly #minTtlMs: number;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #sleep: (ms: number) => Promise<void>;
+  readonly #state = new Map<string, KeyState>();
+  readonly #cache: LRUCache<string, AccessToken>;
+  #suspended: BrokerError | undefined;
+
+  constructor(o: TokenCacheOptions) {
+    this.#targets = o.targets;
+    this.#source = o.source;
+    this.#refreshAheadMs = o.refreshAheadSeconds * 1000;
+    this.#minTtlMs = o.minTtlSeconds * 1000;
+    this.#log = o.log;
+    this.#now = o.now ?? Date.now;
+    this.#random = o.random ?? Math.random;
+    this.#sleep = o.sleep ?? defaultSleep;
+    for (const t of o.targets.values()) {
+      this.#byKey.set(keyOf(t), t);
+      this.#state.set(keyOf(t), { failures: 0, nextAttemptAt: 0, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
+    }
+    const now = this.#now;
+    this.#cache = new LRUCache<string, AccessToken>({
+      // The key set is fixed by the configuration, so nothing is ever evicted.
+      max: Math.max(1, o.targets.size),
+      perf: { now },
+      // Read the clock on every check: a cached reading would be stale after a freeze.
+      ttlResolution: 0,
+      noDeleteOnFetchRejection: true,
+      fetchMethod: (key, _stale, { signal, options }) => {
+        const p = this.#load(key, signal, options);
+        const st = this.#stateOf(key);
+        st.inFlight = p;
+        const clear = () => {
+          if (st.inFlight === p) st.inFlight = undefined;
+        };
+        p.then(clear, clear);
+        return p;
+      },
+    });
+  }
+
+  /** Refuses all token work with `reason` until `resume()`: SnapStart's init, before the snapshot. */
+  suspend(reason: BrokerError): void {
+    this.#suspended = reason;
+  }
+
+  resume(): void {
+    this.#suspended = undefined;
+  }
+
+  /** True when `name` is a configured target. */
+  has(name: string): boolean {
+    return this.#targets.has(name);
+  }
+
+  #stateOf(key: string): KeyState {
+    const st = this.#state.get(key);
+    if (!st) throw new Error(`no state for ${key}`);
+    return st;
+  }
+
+  /** When the refresh-ahead window of `t` opens: never later than the minimum TTL, never before half its life. */
+  #refreshAt(t: AccessToken): number {
+    const lifetime = t.expiresAt - t.issuedAt;
+    return t.expiresAt - Math.max(Math.min(this.#refreshAheadMs, lifetime / 2), this.#minTtlMs);
+  }
+
+  #backoffMs(failures: number, retryAfterMs: number | undefined): number {
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures - 1, 30));
+    // "Equal jitter": at least half the step, so askers that woke together spread out.
+    const jittered = ceiling / 2 + this.#random() * (ceiling / 2);
+    return Math.max(jittered, retryAfterMs ?? 0);
+  }
+
+  /** One upstream attempt; lru-cache merges concurrent callers, and callers respect the backoff. */
+  async #load(key: string, signal: AbortSignal, options: LRUCache.FetcherFetchOptions<string, AccessToken>): Promise<AccessToken> {
+    const target = this.#byKey.get(key);
+    const st = this.#stateOf(key);
+    if (!target) throw new Error(`unknown key ${key}`);
+    const started = this.#now();
+    try {
+      const token = await this.#source(target, signal);
+      const now = this.#now();
+      if (token.expiresAt - now <= this.#minTtlMs) {
+        throw new BrokerError(
+          "ERR_TOKEN_LIFETIME_TOO_SHORT",
+          `Databricks issued a token that lives ${Math.round((token.expiresAt - token.issuedAt) / 1000)} s, not more than DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (${this.#minTtlMs / 1000} s), so it could never be served`,
+          { step: "token", retryable: false, hint: "lower DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (and DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS) below the token lifetime" },
+        );
+      }
+      options.ttl = Math.max(1, this.#refreshAt(token) - now);
+      st.failures = 0;
+      st.nextAttemptAt = 0;
+      st.lastRefreshAt = now;
+      st.refreshes += 1;
+      this.#log.info("token refreshed", {
+        target: target.name,
+        token: fingerprint(token.accessToken),
+        expiresOn: Math.floor(token.expiresAt / 1000),
+        expiresIn: Math.floor((token.expiresAt - now) / 1000),
+        ms: now - started,
+      });
+      return token;
+    } catch (err) {
+      const e = isBrokerError(err)
+        ? err
+        : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", `refresh failed: ${(err as Error)?.message ?? String(err)}`, { step: "token", retryable: true, cause: err });
+      const now = this.#now();
+      st.failures += 1;
+      st.lastError = e;
+      st.lastErrorAt = now;
+      st.nextAttemptAt = now + (e.retryable ? this.#backoffMs(st.failures, e.retryAfterMs) : COOLDOWN_MS);
+      const log = e.retryable ? this.#log.warn : this.#log.error;
+      log("token refresh failed", {
+        target: target.name,
+        step: e.step,
+        code: e.code,
+        upstreamCode: e.upstreamCode,
+        retryable: e.retryable,
+        failures: st.failures,
+        retryInMs: st.nextAttemptAt - now,
+        error: e.message,
+        hint: e.hint,
+      });
+      throw e;
+    }
+  }
+
+  #servable(t: AccessToken, minTtlMs: number): boolean {
+    return t.expiresAt - this.#now() >= minTtlMs;
+  }
+
+  /** Starts a refresh of `key` in the background unless one runs or the backoff forbids it. */
+  #refreshInBackground(key: string): void {
+    const st = this.#stateOf(key);
+    if (this.#suspended || st.inFlight || this.#now() < st.nextAttemptAt) return;
+    // allowStale: answer with the current entry at once; the refresh goes on without a waiter.
+    this.#cache.fetch(key, { forceRefresh: true, allowStale: true }).catch(() => {});
+  }
+
+  /**
+   * A token for `name` with at least `minTtlSeconds` left (never less than the configured
+   * minimum). Waits for a refresh when needed, up to `waitMs`.
+   * @throws BrokerError: the last upstream failure, or `ERR_TOKEN_WAIT_TIMEOUT`.
+   */
+  async get(name: string, { minTtlSeconds, waitMs }: { minTtlSeconds?: number; waitMs: number }): Promise<AccessToken> {
+    const target = this.#targets.get(name);
+    if (!target) throw new Error(`unknown target ${name}`);
+    if (this.#suspended) throw this.#suspended;
+    const key = keyOf(target);
+    const st = this.#stateOf(key);
+    const wanted = Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000);
+    const deadline = this.#now() + waitMs;
+    for (;;) {
+      const cached = this.#cache.peek(key, { allowStale: true });
+      const now = this.#now();
+      if (cached && now >= this.#refreshAt(cached)) this.#refreshInBackground(key);
+      if (cached && this.#servable(cached, this.#minTtlMs)) {
+        // Fresh from the exchange, yet short of the asked min_ttl: nothing better exists (SPEC §5).
+        if (this.#servable(cached, wanted) || now - cached.issuedAt < FRESH_ENOUGH_MS) return cached;
+      }
+
+      if (st.lastError && !st.inFlight && now < st.nextAttemptAt) {
+        if (!st.lastError.retryable) throw st.lastError;
+        if (st.nextAttemptAt > deadline) throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+        await this.#sleep(st.nextAttemptAt - now);
+        continue;
+      }
+      const remaining = deadline - now;
+      if (remaining <= 0) throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+      try {
+        await this.#withDeadline(this.#cache.fetch(key, { forceRefresh: true, allowStale: false }), remaining);
+      } catch (err) {
+        if (isBrokerError(err) && err.code === "ERR_TOKEN_WAIT_TIMEOUT") throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+        if (isBrokerError(err) && !err.retryable) throw err;
+        // Transient: loop, which waits out the backoff while the deadline allows.
+      }
+    }
+  }
+
+  #timeout(name: string, waitMs: number, last: BrokerError | undefined): BrokerError {
+    if (last) return last;
+    return new BrokerError("ERR_TOKEN_WAIT_TIMEOUT", `no token for target ${name} within ${waitMs} ms`, {
+      step: "token",
+      retryable: true,
+      hint: "STS or Databricks is slow to answer; raise DATABRICKS_TOKEN_BROKER_WAIT_SECONDS if this persists",
+    });
+  }
+
+  #withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(this.#timeout("", ms, undefined)), ms);
+      timer.unref();
+    });
+    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Starts, without waiting, the refresh of every token that is missing, unservable or in
+   * its refresh-ahead window, where the backoff allows. Called at init, on each INVOKE and
+   * by the timer of Managed Instances.
+   */
+  refreshDue(): void {
+    const now = this.#now();
+    for (const t of this.#targets.values()) {
+      const key = keyOf(t);
+      const cached = this.#cache.peek(key, { allowStale: true });
+      if (!cached || now >= this.#refreshAt(cached)) this.#refreshInBackground(key);
+    }
+  }
+
+  /** Resolves when no refresh is in flight, so none is frozen half-way (SPEC §4). */
+  async settled(): Promise<void> {
+    for (;;) {
+      const running = [...this.#state.values()].map((s) => s.inFlight).filter((p) => p !== undefined);
+      if (running.length === 0) return;
+      await Promise.allSettled(running);
+    }
+  }
+
+  /** Per-target state for `/health`: never a token. */
+  health(): Record<string, TargetHealth> {
+    const now = this.#now();
+    const out: Record<string, TargetHealth> = {};
+    for (const t of this.#targets.values()) {
+      const key = keyOf(t);
+      const st = this.#stateOf(key);
+      const cached = this.#cache.peek(key, { allowStale: true });
+      let state: TargetState;
+      if (!cached || cached.expiresAt - now < this.#minTtlMs) {
+        state = st.inFlight ? "fetching" : cached || st.lastError ? "unavailable" : "empty";
+      } else if (now >= this.#refreshAt(cached)) {
+        state = st.inFlight ? "refreshing" : "stale";
+      } else {
+        state = "fresh";
+      }
+      out[t.name] = {
+        state,
+        expires_on: cached ? Math.floor(cached.expiresAt / 1000) : null,
+        last_refresh: st.lastRefreshAt === undefined ? null : new Date(st.lastRefreshAt).toISOString(),
+        refreshes: st.refreshes,
+        consecutive_failures: st.failures,
+        last_error:
+          st.lastError && st.failures > 0
+            ? {
+                step: st.lastError.step,
+                code: st.lastError.code,
+                upstream_code: st.lastError.upstreamCode ?? null,
+                message: st.lastError.summary(),
+                at: new Date(st.lastErrorAt ?? now).toISOString(),
+              }
+            : null,
+      };
+    }
+    return out;
+  }
+}
