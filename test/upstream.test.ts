@@ -1,0 +1,208 @@
+import type { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
+import { describe, expect, it } from "vitest";
+import type { Target } from "../src/config.js";
+import { createExchange, MAX_BODY_BYTES, MAX_LIFETIME_SECONDS } from "../src/exchange.js";
+import { silentLogger } from "../src/log.js";
+import { classifyStsError, createStsSource, type StsLike } from "../src/sts.js";
+
+/** An error shaped as the AWS SDK throws it for an awsQuery error answer. */
+function awsError(name: string, status: number) {
+  return Object.assign(new Error(`${name} message`), { name, $metadata: { httpStatusCode: status }, $fault: status >= 500 ? "server" : "client" });
+}
+
+describe("STS source", () => {
+  const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+
+  it("asks with the configured audience, algorithm and duration", async () => {
+    const inputs: unknown[] = [];
+    const client: StsLike = {
+      send: async (cmd: GetWebIdentityTokenCommand) => {
+        inputs.push(cmd.input);
+        return { WebIdentityToken: jwt, Expiration: new Date(Date.now() + 300_000) };
+      },
+    };
+    const got = await createStsSource({ client, audience: "databricks", signingAlgorithm: "ES384", durationSeconds: 300, log: silentLogger })();
+    expect(got.jwt).toBe(jwt);
+    expect(inputs).toEqual([{ Audience: ["databricks"], SigningAlgorithm: "ES384", DurationSeconds: 300 }]);
+  });
+
+  it("answers SessionDurationEscalation by asking for less, down to 60 s", async () => {
+    const durations: number[] = [];
+    const sessionLeft = 70;
+    const client: StsLike = {
+      send: async (cmd: GetWebIdentityTokenCommand) => {
+        const d = cmd.input.DurationSeconds ?? 300;
+        durations.push(d);
+        if (d > sessionLeft) throw awsError("SessionDurationEscalationException", 403);
+        return { WebIdentityToken: jwt, Expiration: new Date(Date.now() + d * 1000) };
+      },
+    };
+    const got = await createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger })();
+    expect(durations).toEqual([300, 150, 75, 60]);
+    expect(got.durationSeconds).toBe(60);
+  });
+
+  it("gives up after 60 s is refused too, as a retryable error", async () => {
+    const client: StsLike = {
+      send: async () => {
+        throw awsError("SessionDurationEscalation", 403);
+      },
+    };
+    await expect(createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 60, log: silentLogger })()).rejects.toMatchObject({
+      code: "ERR_STS_SESSION_DURATION",
+      retryable: true,
+    });
+  });
+
+  it("refuses an answer without a token", async () => {
+    const client: StsLike = { send: async () => ({ Expiration: new Date() }) };
+    await expect(createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger })()).rejects.toMatchObject({
+      code: "ERR_STS_INVALID_RESPONSE",
+    });
+  });
+
+  it.each([
+    ["AccessDenied", 403, "ERR_STS_ACCESS_DENIED", false, "AccessDenied"],
+    ["AccessDeniedException", 403, "ERR_STS_ACCESS_DENIED", false, "AccessDenied"],
+    ["OutboundWebIdentityFederationDisabled", 403, "ERR_STS_FEDERATION_DISABLED", false, "OutboundWebIdentityFederationDisabled"],
+    ["OutboundWebIdentityFederationDisabledException", 403, "ERR_STS_FEDERATION_DISABLED", false, "OutboundWebIdentityFederationDisabled"],
+    ["Throttling", 400, "ERR_STS_UNAVAILABLE", true, "Throttling"],
+    ["ThrottlingException", 400, "ERR_STS_UNAVAILABLE", true, "Throttling"],
+    ["InternalFailure", 500, "ERR_STS_UNAVAILABLE", true, "InternalFailure"],
+    ["ValidationError", 400, "ERR_STS_REJECTED", false, "ValidationError"],
+  ])("classifies %s (%i) as %s", (name, status, code, retryable, upstream) => {
+    const e = classifyStsError(awsError(name, status));
+    expect(e).toMatchObject({ code, retryable, upstreamCode: upstream, step: "sts" });
+    expect(e.hint).toBeTruthy();
+  });
+
+  it("classifies network failures as transient", () => {
+    const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" });
+    expect(classifyStsError(refused)).toMatchObject({ code: "ERR_STS_UNAVAILABLE", retryable: true });
+    expect(classifyStsError(Object.assign(new Error("timeout"), { name: "TimeoutError" }))).toMatchObject({ code: "ERR_STS_UNAVAILABLE", retryable: true });
+  });
+});
+
+describe("Databricks exchange", () => {
+  const target: Target = {
+    name: "default",
+    host: "https://dbc-1.cloud.databricks.com",
+    isAccounts: false,
+    accountId: undefined,
+    clientId: "sp-app-id",
+    scope: "all-apis",
+    tokenEndpoint: "https://dbc-1.cloud.databricks.com/oidc/v1/token",
+  };
+  const T0 = Date.UTC(2026, 10, 29);
+
+  function exchangeWith(answer: () => Response | Promise<Response>) {
+    const seen: { url: string; init: RequestInit }[] = [];
+    const exchange = createExchange({
+      fetch: async (url, init) => {
+        seen.push({ url, init });
+        return answer();
+      },
+      now: () => T0,
+      log: silentLogger,
+    });
+    return { exchange, seen };
+  }
+
+  const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+    new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
+
+  it("posts the RFC 8693 form and counts expiry from the request", async () => {
+    const { exchange, seen } = exchangeWith(() => json(200, { access_token: "dapi-opaque", token_type: "Bearer", expires_in: 3600, scope: "all-apis" }));
+    const t = await exchange(target, "the.jwt.here");
+    expect(t).toEqual({ accessToken: "dapi-opaque", tokenType: "Bearer", scope: "all-apis", issuedAt: T0, expiresAt: T0 + 3_600_000 });
+    expect(seen[0]?.url).toBe(target.tokenEndpoint);
+    const form = new URLSearchParams(seen[0]?.init.body as string);
+    expect(Object.fromEntries(form)).toEqual({
+      grant_type: "urn:ietf:params:oauth:grant-type:token-exchange",
+      subject_token: "the.jwt.here",
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+      scope: "all-apis",
+      client_id: "sp-app-id",
+    });
+    expect(seen[0]?.init.method).toBe("POST");
+  });
+
+  it("omits client_id for an account-wide policy", async () => {
+    const { exchange, seen } = exchangeWith(() => json(200, { access_token: "a", token_type: "Bearer", expires_in: 60 }));
+    await exchange({ ...target, clientId: undefined }, "j.w.t");
+    expect(new URLSearchParams(seen[0]?.init.body as string).has("client_id")).toBe(false);
+  });
+
+  it.each([
+    [400, { error: "invalid_grant", error_description: "no matching federation policy" }, "ERR_EXCHANGE_INVALID_GRANT", false, "invalid_grant"],
+    [401, { error: "invalid_client", error_description: "unknown client" }, "ERR_EXCHANGE_INVALID_CLIENT", false, "invalid_client"],
+    [400, { error: "invalid_scope" }, "ERR_EXCHANGE_REJECTED", false, "invalid_scope"],
+    [404, { error_code: "ENDPOINT_NOT_FOUND", message: "no such route" }, "ERR_EXCHANGE_REJECTED", false, "ENDPOINT_NOT_FOUND"],
+    [429, { error_code: "REQUEST_LIMIT_EXCEEDED", message: "slow down" }, "ERR_EXCHANGE_UNAVAILABLE", true, "REQUEST_LIMIT_EXCEEDED"],
+    [503, { error: "temporarily_unavailable" }, "ERR_EXCHANGE_UNAVAILABLE", true, "temporarily_unavailable"],
+  ])("maps %i %o to %s", async (status, body, code, retryable, upstream) => {
+    const { exchange } = exchangeWith(() => json(status, body));
+    const err = await exchange(target, "j.w.t").catch((e: unknown) => e);
+    expect(err).toMatchObject({ code, retryable, upstreamCode: upstream, step: "exchange" });
+    expect((err as { hint?: string }).hint).toBeTruthy();
+  });
+
+  it("honours Retry-After on 429, within a bound", async () => {
+    const { exchange } = exchangeWith(() => json(429, {}, { "retry-after": "7" }));
+    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 7000 });
+    const { exchange: hostile } = exchangeWith(() => json(429, {}, { "retry-after": "999999" }));
+    await expect(hostile(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 60_000 });
+  });
+
+  it.each([
+    ["HTML", () => new Response("<html><body>502 Bad Gateway</body></html>", { status: 200, headers: { "content-type": "text/html" } })],
+    ["truncated JSON", () => new Response('{"access_token": "abc", "expires_in"', { status: 200 })],
+    ["no access_token", () => json(200, { token_type: "Bearer", expires_in: 3600 })],
+    ["negative expires_in", () => json(200, { access_token: "a", expires_in: -5 })],
+    ["zero expires_in", () => json(200, { access_token: "a", expires_in: 0 })],
+    ["absent expires_in", () => json(200, { access_token: "a" })],
+    ["string expires_in", () => json(200, { access_token: "a", expires_in: "soon" })],
+    ["token with a newline", () => json(200, { access_token: "a\nb", expires_in: 60 })],
+    ["oversized body", () => new Response("x".repeat(MAX_BODY_BYTES + 1), { status: 200 })],
+  ])("refuses a 200 with %s as an invalid response", async (_what, answer) => {
+    const { exchange } = exchangeWith(answer);
+    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_INVALID_RESPONSE", step: "exchange", retryable: true });
+  });
+
+  it("does not believe an absurd lifetime", async () => {
+    const { exchange } = exchangeWith(() => json(200, { access_token: "a", expires_in: 1e300 }));
+    expect((await exchange(target, "j.w.t")).expiresAt).toBe(T0 + MAX_LIFETIME_SECONDS * 1000);
+  });
+
+  it("times out a slow endpoint", async () => {
+    const exchange = createExchange({
+      fetch: (_u, init) => new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(init.signal?.reason))),
+      now: () => T0,
+      log: silentLogger,
+      timeoutMs: 30,
+    });
+    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "timeout", retryable: true });
+  });
+
+  it("reports a refused connection as transient", async () => {
+    const exchange = createExchange({
+      fetch: async () => {
+        throw Object.assign(new TypeError("fetch failed"), { cause: { code: "ECONNREFUSED" } });
+      },
+      now: () => T0,
+      log: silentLogger,
+    });
+    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "ECONNREFUSED", retryable: true });
+  });
+
+  it("never puts the JWT into an error", async () => {
+    const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcm4ifQ.sig";
+    const { exchange } = exchangeWith(() => json(400, { error: "invalid_grant", error_description: `bad token ${jwt}` }));
+    const err = (await exchange(target, jwt).catch((e: unknown) => e)) as Error;
+    expect(err.message).toContain("bad token");
+    const { createLogger } = await import("../src/log.js");
+    const lines: string[] = [];
+    createLogger({ level: "debug", write: (l) => lines.push(l) }).error("x", { error: err });
+    expect(lines.join("")).not.toContain(jwt);
+  });
+});
