@@ -1,0 +1,195 @@
+/**
+ * End to end: the built layer's extension, run as Lambda runs it (under the Extensions API
+ * emulator), against the STS and Databricks stand-ins. Token lifetimes are seconds so the
+ * refresh, freeze and expiry paths run in real time.
+ */
+import { spawn } from "node:child_process";
+import { afterEach, describe, expect, it } from "vitest";
+import { logs, ROOT, type Stack, startStack, type StackOptions } from "./stack.js";
+
+const stacks: Stack[] = [];
+async function stack(o: StackOptions = {}): Promise<Stack> {
+  const s = await startStack(o);
+  stacks.push(s);
+  return s;
+}
+afterEach(async () => {
+  await Promise.all(stacks.splice(0).map((s) => s.close()));
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface TokenBody {
+  access_token: string;
+  token_type: string;
+  expires_in: number;
+  expires_on: number;
+  target: string;
+  code?: string;
+}
+const body = async (r: Response | Promise<Response>) => (await (await r).json()) as TokenBody;
+
+/** Calls the stand-in's authenticated API as the function would. */
+async function callDatabricks(s: Stack, token: string): Promise<number> {
+  const r = await fetch(`${s.db.url}/api/2.0/preview/scim/v2/Me`, { headers: { authorization: `Bearer ${token}` } });
+  return r.status;
+}
+
+/** Short lifetimes: 8 s tokens, refreshed from 4 s left (half the life), never served under 2 s. */
+const SHORT = {
+  db: { expiresIn: 8 },
+  env: { DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "4", DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "2" },
+};
+/** Shorter still, for the freeze: 4 s tokens. */
+const SHORTER = {
+  db: { expiresIn: 4 },
+  env: { DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "2", DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "1" },
+};
+
+describe("the extension in a Lambda environment", () => {
+  it("cold start: registers, prefetches without holding init, and serves a token the API accepts", async () => {
+    const s = await stack();
+    const init = await s.lambda.init;
+    expect(init).toMatchObject({ ok: true, status: "registered" });
+    expect(s.lambda.registrations[0]).toMatchObject({ name: "databricks-token-broker", events: ["INVOKE", "SHUTDOWN"] });
+    const { result } = await s.lambda.invoke(async () => {
+      const r = await s.token();
+      expect(r.status).toBe(200);
+      expect(r.headers.get("cache-control")).toBe("no-store");
+      return (await r.json()) as { access_token: string; expires_in: number; target: string };
+    });
+    expect(result?.target).toBe("default");
+    expect(result?.expires_in).toBeGreaterThan(3500);
+    expect(await callDatabricks(s, result!.access_token)).toBe(200);
+    // The prefetch and the request shared one refresh.
+    expect(s.sts.calls.filter((c) => c.ok)).toHaveLength(1);
+    expect(s.db.exchanges.filter((e) => e.ok)).toHaveLength(1);
+    expect(s.db.exchanges[0]).toMatchObject({ clientId: "5e1ad7f0-6b1f-4c58-a3c2-9d6a3f7c1b20", scope: "all-apis" });
+  });
+
+  it("refreshes on INVOKE inside the window and waits for it before the next event", async () => {
+    const s = await stack(SHORT);
+    await s.lambda.init;
+    const first = await body(s.token());
+    await sleep(4_500); // about 3.5 s left: inside the 4 s window, above the 2 s minimum
+    await s.lambda.invoke();
+    // The invoke completed only after the refresh finished: it is already in the cache.
+    expect(s.db.exchanges.filter((e) => e.ok)).toHaveLength(2);
+    const second = await body(s.token());
+    expect(second.access_token).not.toBe(first.access_token);
+    expect(await callDatabricks(s, second.access_token)).toBe(200);
+  });
+
+  it("after a freeze longer than the token's life, thaws and serves a valid token", async () => {
+    const s = await stack(SHORTER);
+    await s.lambda.init;
+    const before = await body(s.token());
+    await s.lambda.invoke();
+    s.lambda.freeze();
+    await sleep(4_500); // the token expires while the process is stopped
+    s.lambda.thaw();
+    expect(await callDatabricks(s, before.access_token)).toBe(403);
+    const { result } = await s.lambda.invoke(() => body(s.token()));
+    expect(result?.access_token).not.toBe(before.access_token);
+    expect(result?.expires_in).toBeGreaterThanOrEqual(1);
+    expect(await callDatabricks(s, result!.access_token)).toBe(200);
+  });
+
+  it("exits 0 on SHUTDOWN, well inside the deadline", async () => {
+    const s = await stack();
+    await s.lambda.init;
+    await s.lambda.invoke(async () => s.token());
+    const r = await s.lambda.shutdown();
+    expect(r).toMatchObject({ code: 0, killed: false });
+    expect(r.elapsedMs).toBeLessThan(1_500);
+    await expect(fetch(`${s.base}/health`)).rejects.toThrow();
+  });
+
+  it("fails the init through init/error, naming each bad variable", async () => {
+    const s = await stack({ env: { DATABRICKS_TOKEN_BROKER_PORT: "not-a-port", DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: "HS256" } });
+    const init = await s.lambda.init;
+    expect(init).toMatchObject({ ok: false, status: "failed" });
+    expect(s.lambda.initErrors).toHaveLength(1);
+    const err = s.lambda.initErrors[0]!;
+    expect(err.errorType).toBe("Extension.ConfigInvalid");
+    const message = (err.body as { errorMessage: string }).errorMessage;
+    expect(message).toMatch(/DATABRICKS_TOKEN_BROKER_PORT: must be a whole number/);
+    expect(message).toMatch(/DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: must be one of RS256, ES384/);
+    expect(s.sts.calls).toHaveLength(0);
+  });
+
+  it("idles when not enabled: no listener, no STS call, a clean shutdown", async () => {
+    const s = await stack({ env: { DATABRICKS_TOKEN_BROKER_ENABLED: undefined, DATABRICKS_HOST: undefined } });
+    expect(await s.lambda.init).toMatchObject({ ok: true });
+    expect(s.lambda.registrations[0]?.events).toEqual(["SHUTDOWN"]);
+    await expect(fetch(`${s.base}/health`)).rejects.toThrow();
+    expect((await s.lambda.shutdown()).code).toBe(0);
+    expect(s.sts.calls).toHaveLength(0);
+  });
+
+  it("SnapStart: fetches nothing before the snapshot, then on the first invoke", async () => {
+    const s = await stack({ env: { AWS_LAMBDA_INITIALIZATION_TYPE: "snap-start" } });
+    await s.lambda.init;
+    const during = await s.token();
+    expect(during.status).toBe(503);
+    expect((await body(during)).code).toBe("ERR_SNAPSTART_INIT");
+    expect(s.sts.calls).toHaveLength(0);
+    await s.lambda.invoke();
+    expect(s.db.exchanges.filter((e) => e.ok)).toHaveLength(1);
+    expect((await s.token()).status).toBe(200);
+  });
+
+  it("Managed Instances: registers for SHUTDOWN only and refreshes on a timer", async () => {
+    const s = await stack({ ...SHORT, env: { ...SHORT.env, AWS_LAMBDA_INITIALIZATION_TYPE: "lambda-managed-instances" } });
+    expect(await s.lambda.init).toMatchObject({ ok: true });
+    expect(s.lambda.registrations[0]?.events).toEqual(["SHUTDOWN"]);
+    await body(s.token());
+    await sleep(5_000); // no INVOKE is ever delivered; the timer refreshes inside the window
+    expect(s.db.exchanges.filter((e) => e.ok).length).toBeGreaterThanOrEqual(2);
+    expect((await s.lambda.shutdown()).code).toBe(0);
+  });
+
+  it("serves the metadata-service route to the real Databricks SDK, configured by environment alone", async () => {
+    const s = await stack();
+    await s.lambda.init;
+    // The "function": a separate Node.js process with only the two variables the SDK reads.
+    const program = `
+      import { WorkspaceClient } from "@databricks/sdk-experimental";
+      const me = await new WorkspaceClient({}).currentUser.me();
+      console.log(JSON.stringify({ userName: me.userName ?? me.displayName, id: me.id }));
+    `;
+    const { result } = await s.lambda.invoke(
+      () =>
+        new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+          const child = spawn(process.execPath, ["--input-type=module", "-e", program], {
+            cwd: ROOT,
+            env: { PATH: process.env.PATH, HOME: "/nonexistent", DATABRICKS_HOST: s.db.url, DATABRICKS_METADATA_SERVICE_URL: `http://localhost:${s.port}/metadata` },
+          });
+          let out = "";
+          let err = "";
+          child.stdout.on("data", (d: Buffer) => (out += d));
+          child.stderr.on("data", (d: Buffer) => (err += d));
+          child.on("close", (code) => resolve({ code, out, err }));
+        }),
+    );
+    expect(result?.err ?? "").not.toMatch(/Error/);
+    expect(result?.code).toBe(0);
+    expect(JSON.parse(result!.out.trim().split("\n").pop()!)).toHaveProperty("id");
+    expect(s.db.apiCalls.some((c) => c.path.endsWith("/scim/v2/Me") && c.status === 200)).toBe(true);
+  });
+
+  it("logs JSON lines and never a token, JWT or session token", async () => {
+    const s = await stack();
+    await s.lambda.init;
+    await s.lambda.invoke(async () => s.token());
+    await s.lambda.shutdown();
+    const lines = logs(s.lambda);
+    expect(lines.length).toBeGreaterThan(2);
+    for (const l of lines) expect(l).toMatchObject({ time: expect.any(String), level: expect.any(String), msg: expect.any(String) });
+    const all = [...s.lambda.stdout, ...s.lambda.stderr].join("\n");
+    for (const secret of [...s.db.issuedTokens.map((t) => t.token), ...s.sts.issued.map((j) => j.token), s.env.AWS_SESSION_TOKEN!]) {
+      expect(all).not.toContain(secret);
+    }
+    expect(all).not.toMatch(/eyJ[A-Za-z0-9_-]+\.eyJ/);
+  });
+});

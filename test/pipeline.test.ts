@@ -1,0 +1,88 @@
+/**
+ * The pipeline in-process against the stand-ins: the real STSClient to the STS stand-in,
+ * real fetch to the Databricks stand-in, which verifies each JWT through discovery + JWKS.
+ */
+import { STSClient } from "@aws-sdk/client-sts";
+import { afterEach, describe, expect, it } from "vitest";
+import { createBroker } from "../src/broker.js";
+import { parseConfig } from "../src/config.js";
+import { silentLogger } from "../src/log.js";
+import { CLIENT_ID } from "./stack.js";
+import { startDatabricks, type DatabricksStandIn } from "./standins/databricks.js";
+import { startSts, type StsStandIn } from "./standins/sts.js";
+
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((c) => c()));
+});
+
+async function setup(env: Record<string, string> = {}, stsOptions: Parameters<typeof startSts>[0] = {}) {
+  const sts: StsStandIn = await startSts({ region: "us-east-1", ...stsOptions });
+  const db: DatabricksStandIn = await startDatabricks({
+    policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
+  });
+  closers.push(() => sts.close(), () => db.close());
+  const parsed = parseConfig({
+    DATABRICKS_TOKEN_BROKER_ENABLED: "1",
+    DATABRICKS_HOST: db.url,
+    DATABRICKS_CLIENT_ID: CLIENT_ID,
+    AWS_REGION: "us-east-1",
+    ...env,
+  });
+  if (!parsed.enabled) throw new Error("config");
+  const client = new STSClient({
+    region: "us-east-1",
+    endpoint: sts.url,
+    maxAttempts: 1,
+    credentials: { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "secret", sessionToken: "session" },
+  });
+  const cache = createBroker(parsed.config, { sts: client, fetch: (u, i) => fetch(u, i), log: silentLogger });
+  return { sts, db, cache };
+}
+
+describe("pipeline against the stand-ins", () => {
+  it("500 concurrent askers at a cold start → 1 STS call and 1 exchange", async () => {
+    const { sts, db, cache } = await setup();
+    const tokens = await Promise.all(Array.from({ length: 500 }, () => cache.get("default", { waitMs: 10_000 })));
+    expect(new Set(tokens.map((t) => t.accessToken)).size).toBe(1);
+    expect(sts.calls).toHaveLength(1);
+    expect(db.exchanges).toHaveLength(1);
+    expect(db.exchanges[0]).toMatchObject({ ok: true, clientId: CLIENT_ID });
+  });
+
+  it("asks STS with the configured audience, algorithm and duration", async () => {
+    const { sts, cache } = await setup({ DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "900" });
+    await cache.get("default", { waitMs: 10_000 });
+    expect(sts.calls[0]).toMatchObject({ audience: ["databricks"], signingAlgorithm: "RS256", durationSeconds: 900 });
+  });
+
+  it("asks for less when the role session ends sooner (SessionDurationEscalation)", async () => {
+    const { sts, cache } = await setup({}, { sessionExpiresAt: Date.now() + 100_000 });
+    await cache.get("default", { waitMs: 10_000 });
+    expect(sts.calls.map((c) => [c.durationSeconds, c.ok])).toEqual([
+      [300, false],
+      [150, false],
+      [75, true],
+    ]);
+  });
+
+  it("reports a federation policy mismatch as invalid_grant with the policy hint", async () => {
+    const { db, cache } = await setup();
+    db.settings.policy = { ...db.settings.policy, subject: "arn:aws:iam::123456789012:role/someone-else" };
+    await expect(cache.get("default", { waitMs: 10_000 })).rejects.toMatchObject({
+      code: "ERR_EXCHANGE_INVALID_GRANT",
+      step: "exchange",
+      upstreamCode: "invalid_grant",
+      hint: expect.stringMatching(/subject must be the execution role's ARN/),
+    });
+  });
+
+  it("reports a disabled account as OutboundWebIdentityFederationDisabled", async () => {
+    const { cache } = await setup({}, { enabled: false });
+    await expect(cache.get("default", { waitMs: 10_000 })).rejects.toMatchObject({
+      code: "ERR_STS_FEDERATION_DISABLED",
+      upstreamCode: "OutboundWebIdentityFederationDisabled",
+      retryable: false,
+    });
+  });
+});

@@ -1,0 +1,91 @@
+/**
+ * The whole local stack: STS and Databricks stand-ins, and the built layer's extension run
+ * under the Lambda emulator with the variables a user would set. Shared by the end-to-end
+ * tests (and by `npm start`).
+ */
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startDatabricks, type DatabricksOptions, type DatabricksStandIn } from "./standins/databricks.js";
+import { type LambdaEmulator, startLambda, type StartLambdaOptions } from "./standins/lambda.js";
+import { startSts, type StsOptions, type StsStandIn } from "./standins/sts.js";
+
+export const ROOT = join(fileURLToPath(new URL(".", import.meta.url)), "..");
+export const LAUNCHER = join(ROOT, "dist", "layer", "extensions", "databricks-token-broker");
+export const SESSION_TOKEN = "IQoJb3JpZ2luX2VjEOv//////////test-session-token";
+export const CLIENT_ID = "5e1ad7f0-6b1f-4c58-a3c2-9d6a3f7c1b20";
+
+/** A free loopback port: the extension's port must be known before it starts. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+export interface Stack {
+  sts: StsStandIn;
+  db: DatabricksStandIn;
+  lambda: LambdaEmulator;
+  port: number;
+  base: string;
+  env: Record<string, string | undefined>;
+  /** GET on the broker with the function's session token. */
+  token(path?: string, headers?: Record<string, string>): Promise<Response>;
+  close(): Promise<void>;
+}
+
+export interface StackOptions {
+  sts?: StsOptions;
+  db?: Partial<DatabricksOptions>;
+  env?: Record<string, string | undefined>;
+  lambda?: Partial<StartLambdaOptions>;
+  command?: string;
+}
+
+export async function startStack(o: StackOptions = {}): Promise<Stack> {
+  const sts = await startSts({ region: "us-east-1", ...o.sts });
+  const db = await startDatabricks({
+    policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
+    ...o.db,
+  });
+  const port = await freePort();
+  const env: Record<string, string | undefined> = {
+    DATABRICKS_TOKEN_BROKER_ENABLED: "true",
+    DATABRICKS_HOST: db.url,
+    DATABRICKS_CLIENT_ID: CLIENT_ID,
+    DATABRICKS_TOKEN_BROKER_PORT: String(port),
+    DATABRICKS_TOKEN_BROKER_LOG_LEVEL: "debug",
+    AWS_ENDPOINT_URL_STS: sts.url,
+    AWS_REGION: "us-east-1",
+    AWS_SESSION_TOKEN: SESSION_TOKEN,
+    ...o.env,
+  };
+  const lambda = await startLambda({ command: o.command ?? LAUNCHER, extensionName: "databricks-token-broker", env, ...o.lambda });
+  const base = `http://127.0.0.1:${port}`;
+  return {
+    sts,
+    db,
+    lambda,
+    port,
+    base,
+    env,
+    token: (path = "/token", headers = {}) => fetch(`${base}${path}`, { headers: { "x-aws-session-token": SESSION_TOKEN, ...headers } }),
+    async close() {
+      await lambda.close();
+      await Promise.all([sts.close(), db.close()]);
+    },
+  };
+}
+
+/** Parsed JSON log lines of the extension. */
+export function logs(lambda: LambdaEmulator): Record<string, unknown>[] {
+  return lambda.stdout.flatMap((l) => {
+    try {
+      return [JSON.parse(l) as Record<string, unknown>];
+    } catch {
+      return [];
+    }
+  });
+}
