@@ -48,6 +48,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   const sts = await startSts({ region: "us-east-1", ...o.sts });
   const db = await startDatabricks({
     policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
+    // As Databricks documents: the access token lives no longer than the JWT it was exchanged for.
+    lifetime: "subject-token",
     ...o.db,
   });
   const port = await freePort();
