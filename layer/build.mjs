@@ -5,6 +5,8 @@ import { chmod, copyFile, mkdir, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
+import { ARCHES, NODE_VERSION, nodeFor } from "./node-runtime.mjs";
+import { zipTrees } from "./zip.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const EXTENSION_NAME = "databricks-token-broker";
@@ -35,7 +37,41 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   return (await stat(outfile)).size;
 }
 
+/**
+ * Lambda quotas: a layer uploaded directly is at most 50 MB zipped; a function and all its
+ * layers at most 250 MB unzipped ("Lambda quotas", developer guide).
+ */
+export const MAX_ZIPPED_BYTES = 50 * 1024 * 1024;
+export const MAX_UNZIPPED_BYTES = 250 * 1024 * 1024;
+
+/**
+ * `npm run build`: the tree, `dist/layer.zip`, and the with-Node.js flavour for both
+ * architectures. Fails when an artifact breaks a Lambda size limit.
+ * @returns {Promise<{name: string, zipped: number, unzipped: number}[]>}
+ */
+export async function buildAll({ dist = join(ROOT, "dist"), cacheDir = join(ROOT, "node_modules", ".cache", "databricks-token-broker") } = {}) {
+  const tree = join(dist, "layer");
+  await buildLayerTree(tree);
+  const artifacts = [];
+  const add = async (name, roots) => {
+    const file = join(dist, name);
+    const { unzippedBytes } = await zipTrees(roots, file);
+    const zipped = (await stat(file)).size;
+    if (zipped > MAX_ZIPPED_BYTES || unzippedBytes > MAX_UNZIPPED_BYTES) {
+      throw new Error(`${name} breaks a Lambda limit: ${zipped} bytes zipped (max ${MAX_ZIPPED_BYTES}), ${unzippedBytes} unzipped (max ${MAX_UNZIPPED_BYTES})`);
+    }
+    artifacts.push({ name, zipped, unzipped: unzippedBytes });
+  };
+  await add("layer.zip", [{ dir: tree }]);
+  for (const arch of Object.keys(ARCHES)) {
+    const node = await nodeFor(arch, cacheDir);
+    await add(`layer-with-node-${arch}.zip`, [{ dir: tree }, { dir: node, prefix: `${EXTENSION_NAME}/node/` }]);
+  }
+  return artifacts;
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const size = await buildLayerTree();
-  console.log(`dist/layer built: bundle ${(size / 1024).toFixed(0)} KiB`);
+  const mb = (n) => `${(n / 1024 / 1024).toFixed(1)} MB`;
+  for (const a of await buildAll()) console.log(`dist/${a.name.padEnd(30)} ${mb(a.zipped).padStart(9)} zipped ${mb(a.unzipped).padStart(9)} unzipped`);
+  console.log(`with-Node.js flavour carries Node.js ${NODE_VERSION}`);
 }

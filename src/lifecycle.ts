@@ -96,6 +96,7 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     events,
     targets: [...config.targets.values()].map((t) => ({ name: t.name, host: t.host, tokenEndpoint: t.tokenEndpoint, clientId: t.clientId ?? null, scope: t.scope })),
     initializationType: config.initializationType,
+    node: process.version,
   });
   if (!snapStart) cache.refreshDue();
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;

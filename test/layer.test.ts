@@ -1,0 +1,118 @@
+/**
+ * The artifacts of `npm run build`, unpacked as Lambda unpacks a layer and run from there
+ * under the emulator. Building the with-Node.js flavour downloads Node.js from the npm
+ * registry once (cached under node_modules/.cache).
+ */
+import { mkdtemp, readFile, rm, stat, writeFile, chmod, mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import yauzl from "yauzl";
+import { buildAll, MAX_UNZIPPED_BYTES, MAX_ZIPPED_BYTES } from "../layer/build.mjs";
+import { startStack } from "./stack.js";
+
+interface Entry {
+  name: string;
+  mode: number;
+  size: number;
+}
+
+/** Unzips `file` into `dir` keeping unix modes, as Lambda does under /opt; returns the entries. */
+function unzip(file: string, dir: string): Promise<Entry[]> {
+  return new Promise((resolve, reject) => {
+    yauzl.open(file, { lazyEntries: true }, (err, zip) => {
+      if (err || !zip) return reject(err ?? new Error("no zip"));
+      const entries: Entry[] = [];
+      zip.on("error", reject);
+      zip.on("end", () => resolve(entries));
+      zip.on("entry", (e: yauzl.Entry) => {
+        const mode = (e.externalFileAttributes >>> 16) & 0o7777;
+        entries.push({ name: e.fileName, mode, size: e.uncompressedSize });
+        if (e.fileName.endsWith("/")) return zip.readEntry();
+        zip.openReadStream(e, (error, stream) => {
+          if (error || !stream) return reject(error ?? new Error("no stream"));
+          const chunks: Buffer[] = [];
+          stream.on("data", (c: Buffer) => chunks.push(c));
+          stream.on("error", reject);
+          stream.on("end", () => {
+            const out = join(dir, e.fileName);
+            mkdir(dirname(out), { recursive: true })
+              .then(() => writeFile(out, Buffer.concat(chunks)))
+              .then(() => chmod(out, mode))
+              .then(() => zip.readEntry(), reject);
+          });
+        });
+      });
+      zip.readEntry();
+    });
+  });
+}
+
+let dist: string;
+let artifacts: Awaited<ReturnType<typeof buildAll>>;
+const tmp: string[] = [];
+
+beforeAll(async () => {
+  dist = await mkdtemp(join(tmpdir(), "dtb-dist-"));
+  tmp.push(dist);
+  artifacts = await buildAll({ dist });
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.all(tmp.map((d) => rm(d, { recursive: true, force: true })));
+});
+
+async function unpacked(name: string): Promise<{ dir: string; entries: Entry[] }> {
+  const dir = await mkdtemp(join(tmpdir(), "dtb-opt-"));
+  tmp.push(dir);
+  return { dir, entries: await unzip(join(dist, name), dir) };
+}
+
+/** Runs the unpacked layer's launcher under the emulator and gets one token through it. */
+async function runFrom(dir: string, path?: string) {
+  const s = await startStack({ command: join(dir, "extensions", "databricks-token-broker"), lambda: { cwd: "/" }, ...(path ? { env: { PATH: path } } : {}) });
+  try {
+    expect(await s.lambda.init).toMatchObject({ ok: true });
+    const { result } = await s.lambda.invoke(async () => (await s.token()).status);
+    expect(result).toBe(200);
+    const registered = s.lambda.stdout.map((l) => JSON.parse(l) as { msg: string; node?: string }).find((l) => l.msg === "registered");
+    expect((await s.lambda.shutdown()).code).toBe(0);
+    return registered?.node;
+  } finally {
+    await s.close();
+  }
+}
+
+describe("npm run build", () => {
+  it("writes the three zips within Lambda's size limits", () => {
+    expect(artifacts.map((a) => a.name)).toEqual(["layer.zip", "layer-with-node-x86_64.zip", "layer-with-node-arm64.zip"]);
+    for (const a of artifacts) {
+      expect(a.zipped, a.name).toBeLessThan(MAX_ZIPPED_BYTES);
+      expect(a.unzipped, a.name).toBeLessThan(MAX_UNZIPPED_BYTES);
+    }
+  });
+
+  it("layer.zip: the launcher is executable, the bundle self-contained, and it runs from any directory", async () => {
+    const { dir, entries } = await unpacked("layer.zip");
+    expect(entries.find((e) => e.name === "extensions/databricks-token-broker")?.mode).toBe(0o755);
+    expect(entries.some((e) => e.name === "databricks-token-broker/index.mjs")).toBe(true);
+    expect(entries.every((e) => !e.name.includes("node_modules"))).toBe(true);
+    // Node.js on PATH, as on an OS-only runtime that happens to have it; the bundle needs no node_modules.
+    expect(await runFrom(dir, `${dirname(process.execPath)}:/usr/bin:/bin`)).toBe(process.version);
+  });
+
+  it("layer-with-node-x86_64.zip runs on its own Node.js", async () => {
+    const { dir, entries } = await unpacked("layer-with-node-x86_64.zip");
+    expect(entries.find((e) => e.name === "databricks-token-broker/node/bin/node")?.mode).toBe(0o755);
+    // No Node.js on PATH at all: as on a Python or Java runtime.
+    expect(await runFrom(dir, "/usr/bin:/bin")).toMatch(/^v24\./);
+  }, 60_000);
+
+  it("layer-with-node-arm64.zip carries an arm64 Node.js", async () => {
+    const { dir } = await unpacked("layer-with-node-arm64.zip");
+    const elf = await readFile(join(dir, "databricks-token-broker", "node", "bin", "node"));
+    expect(elf.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
+    expect(elf.readUInt16LE(18)).toBe(0xb7); // e_machine EM_AARCH64
+    expect((await stat(join(dir, "extensions", "databricks-token-broker"))).mode & 0o777).toBe(0o755);
+  });
+});
