@@ -4,3 +4,4 @@ export declare function buildLayerTree(outDir?: string): Promise<number>;
 export declare const MAX_ZIPPED_BYTES: number;
 export declare const MAX_UNZIPPED_BYTES: number;
 export declare function buildAll(options?: { dist?: string; cacheDir?: string }): Promise<{ name: string; zipped: number; unzipped: number }[]>;
+export declare const ARTIFACTS: string[];

@@ -1,0 +1,32 @@
+"""A Python function that calls Databricks through the broker, both ways:
+plain GET /token, and databricks-sdk finding the token itself through
+DATABRICKS_METADATA_SERVICE_URL (set on the function)."""
+import json
+import os
+import urllib.request
+
+from databricks.sdk import WorkspaceClient
+
+BROKER = f"http://localhost:{os.environ.get('DATABRICKS_TOKEN_BROKER_PORT', '2775')}"
+
+
+def token_from_broker() -> dict:
+    # The session token proves the caller runs inside this execution environment.
+    req = urllib.request.Request(f"{BROKER}/token", headers={"X-Aws-Session-Token": os.environ.get("AWS_SESSION_TOKEN", "")})
+    with urllib.request.urlopen(req, timeout=15) as res:
+        return json.load(res)
+
+
+def handler(event, context):
+    # 1. Plain HTTP: ask the broker, then call the REST API with the bearer token.
+    token = token_from_broker()
+    host = os.environ["DATABRICKS_HOST"].rstrip("/")
+    req = urllib.request.Request(f"{host}/api/2.0/preview/scim/v2/Me", headers={"Authorization": f"Bearer {token['access_token']}"})
+    with urllib.request.urlopen(req, timeout=15) as res:
+        me = json.load(res)
+
+    # 2. The SDK: DATABRICKS_HOST and DATABRICKS_METADATA_SERVICE_URL are all it needs.
+    w = WorkspaceClient()
+    sdk_me = w.current_user.me()
+
+    return {"plain": me.get("userName"), "sdk": sdk_me.user_name, "tokenExpiresIn": token["expires_in"]}

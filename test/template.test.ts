@@ -1,0 +1,126 @@
+/**
+ * template.yaml against the official AWS SAM schema, the build's artifacts, and the SPEC's
+ * names. CloudFormation's short tags (`!Ref`, `!If`, ...) are read into their long form
+ * (`{"Ref": ...}`, `{"Fn::If": [...]}`), as CloudFormation itself does.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import AjvDraft04 from "ajv-draft-04";
+import { describe, expect, it } from "vitest";
+import { parse, type ScalarTag, type CollectionTag, type YAMLSeq } from "yaml";
+import { ARTIFACTS } from "../layer/build.mjs";
+import { ROOT } from "./stack.js";
+
+const SHARED = join(ROOT, "..", "shared");
+
+/** Every intrinsic function's short form: `!X` → `{"Fn::X": value}` (`!Ref` and `!Condition` keep their names). */
+function cloudFormationTags(): (ScalarTag | CollectionTag)[] {
+  const names = ["Base64", "Cidr", "FindInMap", "GetAZs", "ImportValue", "Join", "Select", "Split", "Sub", "Transform", "If", "Not", "Equals", "And", "Or", "ToJsonString", "Length"];
+  const long = (name: string) => (name === "Ref" || name === "Condition" ? name : `Fn::${name}`);
+  const tags: (ScalarTag | CollectionTag)[] = [];
+  for (const name of [...names, "Ref", "Condition", "GetAtt"]) {
+    const key = long(name);
+    tags.push({
+      tag: `!${name}`,
+      resolve: (value: string) => ({ [key]: name === "GetAtt" ? value.split(/\.(.*)/s).slice(0, 2) : value }),
+    } as ScalarTag);
+    tags.push({
+      tag: `!${name}`,
+      collection: "seq",
+      resolve: (seq: YAMLSeq) => ({ [key]: seq.toJSON() }),
+    } as unknown as CollectionTag);
+  }
+  return tags;
+}
+
+type Json = Record<string, unknown>;
+const template = parse(readFileSync(join(ROOT, "template.yaml"), "utf8"), { customTags: cloudFormationTags() }) as Json;
+const resources = template.Resources as Record<string, { Type: string; Properties: Json }>;
+const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
+
+/** Variable names of SPEC §2's table. */
+function specVariables(): Set<string> {
+  const spec = readFileSync(join(SHARED, "SPEC.md"), "utf8");
+  const section = spec.slice(spec.indexOf("## 2."), spec.indexOf("## 3."));
+  return new Set([...section.matchAll(/^\| `([A-Z0-9_]+)`/gm)].map((m) => m[1]!));
+}
+
+describe("template.yaml", () => {
+  it("is valid against the AWS SAM schema", () => {
+    const schema = JSON.parse(readFileSync(join(SHARED, "schemas", "sam.schema.json"), "utf8")) as Json;
+    // A CommonJS default export: NodeNext sees the module object, the runtime the class.
+    const Ajv = ((AjvDraft04 as unknown as { default?: typeof AjvDraft04 }).default ?? AjvDraft04) as unknown as new (o: object) => { compile(s: object): ((d: unknown) => boolean) & { errors?: unknown[] | null } };
+    const ajv = new Ajv({ allErrors: true, strict: false });
+    const validate = ajv.compile(schema);
+    const ok = validate(template);
+    expect(validate.errors ?? [], JSON.stringify(validate.errors?.slice(0, 5), null, 1)).toEqual([]);
+    expect(ok).toBe(true);
+  });
+
+  it("reads the short tags into their long form", () => {
+    const globals = (template.Globals as { Function: { Environment: { Variables: Json } } }).Function.Environment.Variables;
+    expect(globals.DATABRICKS_HOST).toEqual({ Ref: "DatabricksHost" });
+    expect(globals.DATABRICKS_CLIENT_ID).toEqual({ "Fn::If": ["HasClientId", { Ref: "DatabricksClientId" }, { Ref: "AWS::NoValue" }] });
+  });
+
+  it("ships the build's artifacts: both flavours, for x86_64 and arm64", () => {
+    const layers = ofType("AWS::Serverless::LayerVersion").map(([, r]) => r.Properties);
+    expect(layers.map((l) => l.ContentUri).sort()).toEqual(ARTIFACTS.map((a: string) => `dist/${a}`).sort());
+    const archs = (uri: string) => layers.find((l) => l.ContentUri === uri)?.CompatibleArchitectures;
+    expect(archs("dist/layer.zip")).toEqual(["x86_64", "arm64"]);
+    expect(archs("dist/layer-with-node-x86_64.zip")).toEqual(["x86_64"]);
+    expect(archs("dist/layer-with-node-arm64.zip")).toEqual(["arm64"]);
+    const plain = layers.find((l) => l.ContentUri === "dist/layer.zip");
+    expect((plain?.CompatibleRuntimes as string[]).every((r) => r.startsWith("nodejs"))).toBe(true);
+  });
+
+  it("outputs every layer's ARN", () => {
+    const outputs = Object.values(template.Outputs as Record<string, { Value: unknown }>).map((o) => o.Value);
+    for (const [name] of ofType("AWS::Serverless::LayerVersion")) expect(outputs).toContainEqual({ Ref: name });
+  });
+
+  it("has Node.js and Python example functions whose code exists", () => {
+    const functions = ofType("AWS::Serverless::Function").map(([, r]) => r.Properties);
+    const runtimes = functions.map((f) => String(f.Runtime));
+    expect(runtimes.some((r) => r.startsWith("nodejs"))).toBe(true);
+    expect(runtimes.some((r) => r.startsWith("python"))).toBe(true);
+    for (const f of functions) {
+      const [file, fn] = String(f.Handler).split(".");
+      const ext = String(f.Runtime).startsWith("python") ? ".py" : ".mjs";
+      const source = readFileSync(join(ROOT, String(f.CodeUri), `${file}${ext}`), "utf8");
+      expect(source).toMatch(new RegExp(`(export async function|def) ${fn}\\b`));
+      expect(f.Layers).toBeDefined();
+    }
+    expect(existsSync(join(ROOT, "examples", "python", "requirements.txt"))).toBe(true);
+  });
+
+  it("grants sts:GetWebIdentityToken only for the audience databricks and at most 300 s", () => {
+    for (const [, f] of ofType("AWS::Serverless::Function")) {
+      const statements = (f.Properties.Policies as { Statement: Json[] }[]).flatMap((p) => p.Statement);
+      const grant = statements.find((s) => s.Action === "sts:GetWebIdentityToken");
+      expect(grant?.Condition).toEqual({
+        "ForAllValues:StringEquals": { "sts:IdentityTokenAudience": "databricks" },
+        NumericLessThanEquals: { "sts:DurationSeconds": 300 },
+      });
+    }
+  });
+
+  it("uses the SPEC's variable names, the default port, and a duration the policy allows", () => {
+    const known = specVariables();
+    expect(known.has("DATABRICKS_TOKEN_BROKER_ENABLED")).toBe(true);
+    const envs = [
+      (template.Globals as { Function: { Environment: { Variables: Json } } }).Function.Environment.Variables,
+      ...ofType("AWS::Serverless::Function").map(([, r]) => (r.Properties.Environment as { Variables: Json } | undefined)?.Variables ?? {}),
+    ];
+    for (const vars of envs) {
+      for (const name of Object.keys(vars)) {
+        // DATABRICKS_METADATA_SERVICE_URL is read by the Databricks SDKs, not by the broker (SPEC §5).
+        if (name !== "DATABRICKS_METADATA_SERVICE_URL") expect(known, name).toContain(name);
+      }
+    }
+    const all = Object.assign({}, ...envs) as Json;
+    expect(all.DATABRICKS_METADATA_SERVICE_URL).toBe("http://localhost:2775/metadata");
+    expect(all.DATABRICKS_TOKEN_BROKER_PORT ?? "2775").toBe("2775");
+    expect(Number(all.DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS)).toBeLessThanOrEqual(300);
+  });
+});
