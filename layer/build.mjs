@@ -37,13 +37,13 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   return (await stat(outfile)).size;
 }
 
+/** The zips `buildAll` writes into dist/, in order; template.yaml names each. */
+export const ARTIFACTS = ["layer.zip", "layer-with-node-x86_64.zip", "layer-with-node-arm64.zip"];
+
 /**
  * Lambda quotas: a layer uploaded directly is at most 50 MB zipped; a function and all its
  * layers at most 250 MB unzipped ("Lambda quotas", developer guide).
  */
-/** The zips `buildAll` writes into dist/, in order; template.yaml names each. */
-export const ARTIFACTS = ["layer.zip", "layer-with-node-x86_64.zip", "layer-with-node-arm64.zip"];
-
 export const MAX_ZIPPED_BYTES = 50 * 1024 * 1024;
 export const MAX_UNZIPPED_BYTES = 250 * 1024 * 1024;
 
