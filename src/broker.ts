@@ -3,10 +3,38 @@
  * Every side effect comes in through `BrokerDeps`, so tests drive time and faults.
  */
 import type { Config, Target } from "./config.js";
+import { explainExchangeFailure } from "./diagnosis.js";
 import { createExchange, type FetchLike } from "./exchange.js";
 import type { Logger } from "./log.js";
 import { createStsSource, type StsLike } from "./sts.js";
 import { TokenCache, type TokenSource } from "./token-cache.js";
+
+/** Errors of a kept-alive connection the peer closed while this process was frozen. */
+const STALE_SOCKET_CODES = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET"]);
+
+/** True when `err`, or a cause of it, says the connection was reset or closed under us. */
+export function isStaleConnection(err: unknown): boolean {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const { code, message } = e as { code?: unknown; message?: unknown };
+    if (typeof code === "string" && STALE_SOCKET_CODES.has(code)) return true;
+    if (typeof message === "string" && /socket hang up|other side closed/i.test(message)) return true;
+  }
+  return false;
+}
+
+/**
+ * Runs `step` again at once, a single time, when it failed on a stale kept-alive connection:
+ * after a freeze, the upstream has usually closed the idle socket and the first request on
+ * it fails though nothing is wrong. Any other failure goes to the cache's backoff.
+ */
+async function retryStaleOnce<T>(step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    if (!isStaleConnection(err)) throw err;
+    return step();
+  }
+}
 
 export interface BrokerDeps {
   sts: StsLike;
@@ -29,7 +57,13 @@ export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
   });
   const exchange = createExchange({ fetch: deps.fetch, now, log: deps.log });
   // A JWT is never reused across exchanges: token endpoints may treat its `jti` as single-use.
-  const source: TokenSource = async (target: Target, signal?: AbortSignal) => exchange(target, (await getJwt(signal)).jwt, signal);
+  const source: TokenSource = async (target: Target, signal?: AbortSignal) => {
+    const { jwt } = await retryStaleOnce(() => getJwt(signal));
+    return retryStaleOnce(() => exchange(target, jwt, signal)).catch((err: unknown) => {
+      // The JWT's claims turn "no policy matched" into the policy values to set.
+      throw explainExchangeFailure(err, jwt, target);
+    });
+  };
   return new TokenCache({
     targets: config.targets,
     source,

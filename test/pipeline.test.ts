@@ -77,6 +77,24 @@ describe("pipeline against the stand-ins", () => {
     });
   });
 
+  it("retries a connection reset once at once (a socket closed during a freeze), nothing else", async () => {
+    const { sts, db, cache } = await setup();
+    sts.addFault({ kind: "reset" }, 1);
+    db.addFault({ kind: "reset" }, 1);
+    await cache.get("default", { waitMs: 10_000 });
+    expect(sts.calls.map((c) => c.ok)).toEqual([false, true]);
+    expect(db.exchanges.map((e) => e.ok)).toEqual([false, true]);
+  });
+
+  it("leaves other transient failures to the backoff", async () => {
+    const { sts, cache } = await setup();
+    sts.addFault({ kind: "error", code: "InternalFailure", status: 500 }, 1);
+    const started = Date.now();
+    await cache.get("default", { waitMs: 10_000 });
+    expect(sts.calls.map((c) => c.ok)).toEqual([false, true]);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250); // the first backoff step, not an instant retry
+  });
+
   it("reports a disabled account as OutboundWebIdentityFederationDisabled", async () => {
     const { cache } = await setup({}, { enabled: false });
     await expect(cache.get("default", { waitMs: 10_000 })).rejects.toMatchObject({
