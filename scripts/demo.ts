@@ -20,6 +20,7 @@ Options:
   --lifetime SECONDS   Databricks token lifetime in the story (default 10, at least 6)
   --port PORT          the extension's port (default: a free one)
   --logs               also print the extension's own JSON log lines
+  --no-build           run the dist/layer already built
   --help               this text
 `;
 

@@ -6,11 +6,12 @@ import { build } from "esbuild";
 import { buildLayerTree, ROOT } from "../layer/build.mjs";
 
 const args = process.argv.slice(2);
-if (!args.includes("--help")) {
+const noBuild = args.includes("--no-build");
+if (!args.includes("--help") && !noBuild) {
   const size = await buildLayerTree();
   console.log(`built dist/layer (bundle ${(size / 1024).toFixed(0)} KiB)`);
 }
 const outfile = join(ROOT, "dist", "demo.mjs");
 await build({ entryPoints: [join(ROOT, "scripts", "demo.ts")], outfile, bundle: true, platform: "node", format: "esm", packages: "external", logLevel: "warning" });
-const { status } = spawnSync(process.execPath, [outfile, ...args], { stdio: "inherit" });
+const { status } = spawnSync(process.execPath, [outfile, ...args.filter((a) => a !== "--no-build")], { stdio: "inherit" });
 process.exit(status ?? 1);
