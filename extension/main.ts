@@ -5,7 +5,7 @@
 import { createExtensionsApi } from "../src/extensions-api.js";
 import { run } from "../src/lifecycle.js";
 import { createLogger } from "../src/log.js";
-import { createStsClient } from "../src/sts.js";
+import { createDeferredStsClient } from "../src/sts.js";
 
 const log = createLogger({ level: "info" });
 
@@ -26,7 +26,7 @@ run({
   env: process.env,
   api: createExtensionsApi(runtimeApi),
   makeLogger: (level) => createLogger({ level }),
-  makeSts: (config) => createStsClient(config.region),
+  makeSts: (config) => createDeferredStsClient(config.region),
   fetch: (input, init) => fetch(input, init),
 }).then(
   (code) => process.exit(code),

@@ -1,6 +1,7 @@
 // Builds the layer tree as Lambda unpacks it under /opt (SPEC §1):
 //   extensions/databricks-token-broker   the launcher (mode 0755; its name is the extension's)
 //   databricks-token-broker/index.mjs    the esbuild bundle, self-contained
+//   databricks-token-broker/cli.mjs      the `setup`/`doctor` command, bundled apart
 import { chmod, copyFile, mkdir, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,6 +12,24 @@ import { zipTrees } from "./zip.mjs";
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const EXTENSION_NAME = "databricks-token-broker";
 
+/**
+ * Modules fastify requires only for features the extension never uses: its default schema
+ * compilers (src/app.ts passes its own, as no route has a schema), pino (`logger: false`) and
+ * light-my-request (`app.inject()`, for tests). Bundled, they would be a third of what every
+ * cold start parses. Should one be reached after all, it throws and names itself.
+ */
+const NOT_BUNDLED = ["@fastify/ajv-compiler", "@fastify/fast-json-stringify-compiler", "pino", "light-my-request"];
+const notBundled = {
+  name: "not-bundled",
+  setup(b) {
+    b.onResolve({ filter: new RegExp(`^(${NOT_BUNDLED.join("|").replace(/[/.-]/g, "\\$&")})$`) }, (a) => ({ path: a.path, namespace: "not-bundled" }));
+    b.onLoad({ filter: /.*/, namespace: "not-bundled" }, (a) => ({
+      contents: `throw new Error(${JSON.stringify(`${a.path} is left out of the extension's bundle (layer/build.mjs NOT_BUNDLED)`)});`,
+      loader: "js",
+    }));
+  },
+};
+
 /** Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes. */
 export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   await rm(outDir, { recursive: true, force: true });
@@ -20,8 +39,17 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   await chmod(launcher, 0o755);
   const outfile = join(outDir, EXTENSION_NAME, "index.mjs");
   await build({
-    entryPoints: [join(ROOT, "extension", "main.ts")],
-    outfile,
+    entryPoints: { index: join(ROOT, "extension", "main.ts") },
+    outdir: join(outDir, EXTENSION_NAME),
+    outExtension: { ".js": ".mjs" },
+    // What is only imported dynamically (the AWS SDK, see src/sts.ts) goes to chunks loaded
+    // when first needed, so start-up parses only what registering takes.
+    splitting: true,
+    chunkNames: "chunks/[name]-[hash]",
+    // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
+    // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
+    mainFields: ["module", "main"],
+    plugins: [notBundled],
     bundle: true,
     platform: "node",
     format: "esm",
@@ -34,6 +62,22 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     // which an ES module does not have.
     banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
   });
+  // The `setup`/`doctor` command: a bundle of its own, so the extension's start-up never
+  // loads the IAM client; executable, as package.json's `bin` points at it.
+  const cli = join(outDir, EXTENSION_NAME, "cli.mjs");
+  await build({
+    entryPoints: [join(ROOT, "extension", "cli.ts")],
+    outfile: cli,
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    minify: true,
+    legalComments: "linked",
+    logLevel: "warning",
+    banner: { js: "#!/usr/bin/env node\nimport { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  });
+  await chmod(cli, 0o755);
   return (await stat(outfile)).size;
 }
 

@@ -2,8 +2,9 @@
  * The HTTP API of SPEC §5, as a fastify app built by a factory: tests call `app.inject()`
  * without a socket, `main` listens on loopback.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import * as crypto from "node:crypto";
+import type { Socket } from "node:net";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
 import { type Config, DEFAULT_TARGET, normalizeHost } from "./config.js";
 import { type BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
@@ -12,7 +13,8 @@ import type { TokenCache } from "./token-cache.js";
 
 export interface AppOptions {
   config: Config;
-  cache: Pick<TokenCache, "get" | "health" | "has">;
+  /** `ready`, where given, answers a cached token without a promise (the hot path); `get` does the rest. */
+  cache: Pick<TokenCache, "get" | "health" | "has"> & Partial<Pick<TokenCache, "ready">>;
   /** `AWS_SESSION_TOKEN`, else `AWS_CONTAINER_AUTHORIZATION_TOKEN`; undefined refuses every token request. */
   sessionToken: string | undefined;
   log: Logger;
@@ -50,13 +52,17 @@ function fail(reply: FastifyReply, code: ErrorCode, message: string, extra?: Rec
   return reply.code(STATUS[code]).send({ error: code, message: redact(message), ...extra });
 }
 
-function digest(s: string): Buffer {
-  return createHash("sha256").update(s).digest();
-}
+/**
+ * SHA-256 of every session token a request carries. Node.js 20.12+ has a one-shot `hash`, about
+ * twice as fast as a hash object and without its garbage; older 20.x lines (the namespace import
+ * lets the name be missing) build the object.
+ */
+const digest: (s: string) => Buffer =
+  typeof crypto.hash === "function" ? (s) => crypto.hash("sha256", s, "buffer") : (s) => crypto.createHash("sha256").update(s).digest();
 
 /** Compares in constant time: hashing first makes lengths equal, so not even length leaks. */
 function sameSecret(given: string, expected: Buffer): boolean {
-  return timingSafeEqual(digest(given), expected);
+  return crypto.timingSafeEqual(digest(given), expected);
 }
 
 function header(req: FastifyRequest, name: string): string | undefined {
@@ -64,26 +70,83 @@ function header(req: FastifyRequest, name: string): string | undefined {
   return Array.isArray(v) ? undefined : v;
 }
 
+/**
+ * No route declares a schema, yet fastify would otherwise load its default compilers (Ajv,
+ * fast-json-stringify) while it is built: start-up time spent on nothing. This stands in for
+ * both, and says so should a schema ever be added.
+ */
+const noSchemas = () => () => {
+  throw new Error("the broker's app declares no schemas: give buildApp real schema compilers before adding one");
+};
+
+/**
+ * Answers what the HTTP parser refused before any route ran (broken framing, control
+ * characters, headers over the limit, a request that never finished arriving) in the shape
+ * and with the Cache-Control of every other answer; fastify's default answer has neither and
+ * uses 408 and 431, which SPEC §5 does not list.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  const why =
+    err.code === "HPE_HEADER_OVERFLOW"
+      ? `request headers over ${MAX_HEADER_BYTES} bytes`
+      : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? `request not received in full within ${REQUEST_TIMEOUT_MS} ms`
+        : `malformed HTTP request${err.code ? ` (${err.code})` : ""}`;
+  answerOnSocket(socket, "400 Bad Request", { error: "bad_request", message: why });
+}
+
+/** Writes one SPEC §5 error answer straight to a socket no route owns, and closes it. */
+function answerOnSocket(socket: Socket, status: string, body: { error: string; message: string }, extra = ""): void {
+  const text = JSON.stringify(body);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status}\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n${extra}Content-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+    );
+  }
+  socket.destroy();
+}
+
 /** Builds the fastify app; no socket is opened until the caller listens. */
 export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
+    // With no logger, fastify would still build a record of every request and response (and
+    // time it) to hand to a logger that drops it.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
     requestTimeout: REQUEST_TIMEOUT_MS,
-    maxParamLength: 100,
+    routerOptions: { maxParamLength: 100 },
+    schemaController: { compilersFactory: { buildValidator: noSchemas, buildSerializer: noSchemas } },
     // HEAD would run the token handler for nothing; it is answered 405 like other methods.
     exposeHeadRoutes: false,
     return503OnClosing: true,
     http: { maxHeaderSize: MAX_HEADER_BYTES },
+    clientErrorHandler: answerClientError,
+    // A path that does not decode is refused before routing, so the onRequest hook never runs.
+    frameworkErrors: (err, _req, reply) => {
+      reply.header("cache-control", "no-store");
+      if (err.code === "FST_ERR_BAD_URL") return fail(reply, "bad_request", "the request path is not valid percent-encoded UTF-8");
+      return fail(reply, "bad_request", err.message);
+    },
   });
+  // Node answers an Expect other than 100-continue with its own 417, outside every route and
+  // without Cache-Control; RFC 9110 §10.1.1 lets a server ignore it, so it is routed as usual.
+  app.server.on("checkExpectation", (req, res) => app.routing(req, res));
+  // The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close.
+  app.server.on("connect", (_req, socket: Socket) => answerOnSocket(socket, "405 Method Not Allowed", { error: "method_not_allowed", message: "CONNECT is not allowed; use GET" }, "Allow: GET\r\n"));
   const expectedSession = sessionToken ? digest(sessionToken) : undefined;
   const waitMs = config.waitSeconds * 1000;
 
-  app.addHook("onRequest", async (req, reply) => {
+  // Callback style rather than async: this runs on every request, and a promise per hook is
+  // measurable against a token answer that is otherwise a few map lookups.
+  app.addHook("onRequest", (req, reply, done) => {
     reply.header("cache-control", "no-store");
     if (req.headers["x-forwarded-for"] !== undefined) {
-      return fail(reply, "bad_request", "requests through a proxy are refused: the broker serves only local callers (X-Forwarded-For present)");
+      fail(reply, "bad_request", "requests through a proxy are refused: the broker serves only local callers (X-Forwarded-For present)");
+      return;
     }
+    done();
   });
 
   app.setNotFoundHandler((req, reply) => fail(reply, "not_found", `no route ${req.method} ${req.url.split("?")[0]}; routes: GET /token, /token/{target}, /metadata, /metadata/{target}, /health`));
@@ -126,19 +189,10 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     }
   }
 
-  const tokenRoute = async (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
-    const given = header(req, SESSION_TOKEN_HEADER);
-    if (given === undefined || given === "") return fail(reply, "unauthorized", `missing ${SESSION_TOKEN_HEADER} header: send the function's AWS_SESSION_TOKEN`);
-    if (!expectedSession) return fail(reply, "forbidden", "the environment has no AWS_SESSION_TOKEN or AWS_CONTAINER_AUTHORIZATION_TOKEN to check against");
-    if (!sameSecret(given, expectedSession)) return fail(reply, "forbidden", `${SESSION_TOKEN_HEADER} does not match the function's AWS_SESSION_TOKEN`);
-    const name = req.params.target ?? DEFAULT_TARGET;
-    if (!cache.has(name)) return fail(reply, "not_found", `unknown target ${JSON.stringify(name)}; configured: ${[...config.targets.keys()].join(", ")}`);
-    const minTtl = minTtlOf(req, reply);
-    if (typeof minTtl === "object") return minTtl;
-    const t = await token(req, reply, name, minTtl);
-    if (!("accessToken" in t)) return t;
+  const tokenBody = (t: AccessToken, name: string) => {
+    // The fingerprint is a SHA-256: worth computing only when the line is written.
+    if (log.level === "debug") log.debug("token served", { target: name, route: "token", token: fingerprint(t.accessToken) });
     const nowMs = now();
-    log.debug("token served", { target: name, route: "token", token: fingerprint(t.accessToken) });
     return {
       access_token: t.accessToken,
       token_type: "Bearer",
@@ -149,7 +203,27 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     };
   };
 
-  const metadataRoute = async (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
+  // Not async: a cached token, the answer to nearly every request, goes out without a promise.
+  const tokenRoute = (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
+    const given = header(req, SESSION_TOKEN_HEADER);
+    if (given === undefined || given === "") return fail(reply, "unauthorized", `missing ${SESSION_TOKEN_HEADER} header: send the function's AWS_SESSION_TOKEN`);
+    if (!expectedSession) return fail(reply, "forbidden", "the environment has no AWS_SESSION_TOKEN or AWS_CONTAINER_AUTHORIZATION_TOKEN to check against");
+    if (!sameSecret(given, expectedSession)) return fail(reply, "forbidden", `${SESSION_TOKEN_HEADER} does not match the function's AWS_SESSION_TOKEN`);
+    const name = req.params.target ?? DEFAULT_TARGET;
+    if (!cache.has(name)) return fail(reply, "not_found", `unknown target ${JSON.stringify(name)}; configured: ${[...config.targets.keys()].join(", ")}`);
+    const minTtl = minTtlOf(req, reply);
+    if (typeof minTtl === "object") return minTtl;
+    const ready = cache.ready?.(name, { minTtlSeconds: minTtl });
+    if (ready) return tokenBody(ready, name);
+    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? tokenBody(t, name) : t));
+  };
+
+  const metadataBody = (t: AccessToken, name: string) => {
+    if (log.level === "debug") log.debug("token served", { target: name, route: "metadata", token: fingerprint(t.accessToken) });
+    return { access_token: t.accessToken, token_type: "Bearer", expires_on: Math.floor(t.expiresAt / 1000) };
+  };
+
+  const metadataRoute = (req: FastifyRequest<{ Params: { target?: string } }>, reply: FastifyReply) => {
     const version = header(req, METADATA_VERSION_HEADER);
     if (version !== METADATA_VERSION) {
       return fail(reply, "bad_request", `${METADATA_VERSION_HEADER} must be ${METADATA_VERSION} (Databricks metadata-service protocol), got ${version === undefined ? "none" : JSON.stringify(version)}`);
@@ -163,10 +237,9 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     }
     const minTtl = minTtlOf(req, reply);
     if (typeof minTtl === "object") return minTtl;
-    const t = await token(req, reply, name, minTtl);
-    if (!("accessToken" in t)) return t;
-    log.debug("token served", { target: name, route: "metadata", token: fingerprint(t.accessToken) });
-    return { access_token: t.accessToken, token_type: "Bearer", expires_on: Math.floor(t.expiresAt / 1000) };
+    const ready = cache.ready?.(name, { minTtlSeconds: minTtl });
+    if (ready) return metadataBody(ready, name);
+    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? metadataBody(t, name) : t));
   };
 
   app.get("/token", tokenRoute);

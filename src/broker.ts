@@ -54,12 +54,13 @@ export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
     signingAlgorithm: config.signingAlgorithm,
     durationSeconds: config.stsDurationSeconds,
     log: deps.log,
+    now,
   });
   const exchange = createExchange({ fetch: deps.fetch, now, log: deps.log });
   // A JWT is never reused across exchanges: token endpoints may treat its `jti` as single-use.
   const source: TokenSource = async (target: Target, signal?: AbortSignal) => {
-    const { jwt } = await retryStaleOnce(() => getJwt(signal));
-    return retryStaleOnce(() => exchange(target, jwt, signal)).catch((err: unknown) => {
+    const { jwt, expiresAt: jwtExpiresAt } = await retryStaleOnce(() => getJwt(signal));
+    return retryStaleOnce(() => exchange(target, jwt, signal, jwtExpiresAt)).catch((err: unknown) => {
       // The JWT's claims turn "no policy matched" into the policy values to set.
       throw explainExchangeFailure(err, jwt, target);
     });

@@ -90,6 +90,16 @@ function excerpt(text: string): string {
   return flat.length > 120 ? `${flat.slice(0, 120)}…` : flat;
 }
 
+/**
+ * What a 200 body that is not a token answer looks like, without quoting it: a token answer
+ * cut short still carries the token, which must reach neither a log nor a 503.
+ */
+function shapeOf(text: string): string {
+  const t = text.trimStart();
+  const kind = t === "" ? "empty" : t.startsWith("<") ? "HTML or XML" : t.startsWith("{") || t.startsWith("[") ? "malformed or cut-short JSON" : "text";
+  return `${kind}, ${Buffer.byteLength(text)} bytes`;
+}
+
 const HINTS: Record<string, string> = {
   invalid_grant:
     "no Databricks federation policy accepts this JWT: the policy's issuer must be the account's outbound-federation issuer URL, its audiences must include DATABRICKS_TOKEN_BROKER_AUDIENCE, and its subject must be the execution role's ARN",
@@ -140,7 +150,8 @@ function invalidResponse(target: Target, why: string): BrokerError {
  * Returns a function that exchanges one STS JWT for a Databricks access token for `target`.
  */
 export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_MS }: ExchangeOptions) {
-  return async function exchange(target: Target, jwt: string, signal?: AbortSignal): Promise<AccessToken> {
+  /** `subjectExpiresAt` (Unix ms): when the JWT expires, the bound of a lifetime too long to believe. */
+  return async function exchange(target: Target, jwt: string, signal?: AbortSignal, subjectExpiresAt?: number): Promise<AccessToken> {
     const form = new URLSearchParams({
       grant_type: GRANT_TYPE,
       subject_token: jwt,
@@ -183,7 +194,7 @@ export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_M
     }
     const body = parseJson(text);
     if (!res.ok) throw httpError(target, res, body, text, now());
-    if (!body) throw invalidResponse(target, `with a body that is not a JSON object: ${excerpt(text)}`);
+    if (!body) throw invalidResponse(target, `with a body that is not a JSON object (${shapeOf(text)})`);
     const accessToken = body.access_token;
     if (typeof accessToken !== "string" || !TOKEN_CHARS.test(accessToken)) {
       throw invalidResponse(target, "without a usable access_token");
@@ -196,8 +207,12 @@ export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_M
     }
     let lifetime = rawLifetime;
     if (lifetime > MAX_LIFETIME_SECONDS) {
-      log.warn("Databricks token lifetime beyond one day is not believed; capping it", { target: target.name, expiresIn: lifetime, cap: MAX_LIFETIME_SECONDS });
-      lifetime = MAX_LIFETIME_SECONDS;
+      // Not believed, so the documented bound takes its place: Databricks derives a token's
+      // lifetime from the federated JWT's ("Authenticate with an identity provider token"), so
+      // the token dies with the JWT at the latest — trusting the day would serve it dead.
+      const jwtLeft = subjectExpiresAt === undefined ? MAX_LIFETIME_SECONDS : Math.max(0, (subjectExpiresAt - sentAt) / 1000);
+      lifetime = Math.min(MAX_LIFETIME_SECONDS, jwtLeft);
+      log.warn("Databricks token lifetime beyond one day is not believed; capping it", { target: target.name, expiresIn: rawLifetime, cap: Math.floor(lifetime) });
     }
     return {
       accessToken,

@@ -24,6 +24,8 @@ export const EXTENSION_NAME = "databricks-token-broker";
 export const REFRESH_SWEEP_MS = 1_000;
 /** Part of the SHUTDOWN deadline kept in hand for the exit itself. */
 const SHUTDOWN_MARGIN_MS = 300;
+/** Part of an INVOKE's deadline kept in hand for asking for the next event in time. */
+const INVOKE_MARGIN_MS = 300;
 
 export interface RunOptions {
   env: NodeJS.ProcessEnv;
@@ -114,7 +116,16 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     if (snapStart) cache.resume();
     cache.refreshDue();
     // Lambda may freeze as soon as we ask for the next event: let no refresh freeze half-way.
-    await cache.settled();
+    // Yet never past the invoke's deadline: Lambda counts this wait against the function's
+    // timeout, so a slow upstream would time the function out and reset the environment. A
+    // refresh a freeze cuts short fails after the thaw and is retried like any other.
+    const left = Number.isFinite(event.deadlineMs) ? event.deadlineMs - now() - INVOKE_MARGIN_MS : Number.POSITIVE_INFINITY;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((r) => {
+      if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(r, Math.max(0, left)).unref();
+    });
+    await Promise.race([cache.settled(), deadline]);
+    clearTimeout(timer);
   }
 }
 

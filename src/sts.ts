@@ -2,7 +2,7 @@
  * The STS source: signs the function's AWS identity into a short-lived JWT with
  * `GetWebIdentityToken` (IAM outbound identity federation).
  */
-import { GetWebIdentityTokenCommand, STSClient } from "@aws-sdk/client-sts";
+import type { GetWebIdentityTokenCommand, STSClient } from "@aws-sdk/client-sts";
 import type { SigningAlgorithm } from "./config.js";
 import { BrokerError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -28,6 +28,8 @@ export interface StsSourceOptions {
   signingAlgorithm: SigningAlgorithm;
   durationSeconds: number;
   log: Logger;
+  /** Wall clock (Unix ms), to refuse an answer whose Expiration has already passed. */
+  now?: () => number;
 }
 
 /** STS will not sign for less than this (`DurationSeconds` minimum, STS API reference). */
@@ -42,22 +44,43 @@ export const STS_TIMEOUT_MS = 5_000;
 const STS_CONNECT_TIMEOUT_MS = 2_000;
 
 /**
- * The client the extension uses: regional endpoint (GetWebIdentityToken has no global one;
+ * The STS client's settings: regional endpoint (GetWebIdentityToken has no global one;
  * `AWS_ENDPOINT_URL_STS` still overrides it), and one attempt per call because the token
  * cache owns retries and their backoff — two retry loops would multiply upstream calls.
  */
-export function createStsClient(region: string): STSClient {
-  return new STSClient({
-    region,
-    maxAttempts: 1,
-    requestHandler: { connectionTimeout: STS_CONNECT_TIMEOUT_MS, requestTimeout: STS_TIMEOUT_MS },
-  });
+export function stsClientConfig(region: string) {
+  // Without throwOnRequestTimeout the SDK's handler only logs a warning when requestTimeout
+  // passes and keeps waiting: an STS that never answers would hold the one refresh per
+  // target forever, and the token would expire behind it.
+  return { region, maxAttempts: 1, requestHandler: { connectionTimeout: STS_CONNECT_TIMEOUT_MS, requestTimeout: STS_TIMEOUT_MS, throwOnRequestTimeout: true } };
+}
+
+/**
+ * The SDK, loaded at its first use rather than with the extension: it is the larger half of
+ * the bundle, and parsing and running it before registering would add to every cold start.
+ * This module imports it only this way (and only types otherwise), so the bundle keeps it in
+ * chunks that nothing loads before the first token is asked for.
+ */
+const loadSdk = () => import("@aws-sdk/client-sts");
+
+/** The extension's STS client (`createStsClient`), built at the first call; see `loadSdk`. */
+export function createDeferredStsClient(region: string): StsLike {
+  let client: Promise<STSClient> | undefined;
+  return {
+    async send(command, options) {
+      client ??= import("./sts-client.js").then((m) => m.createStsClient(region));
+      return (await client).send(command, options);
+    },
+  };
 }
 
 /** AWS error codes as the SDK names them, without the `Exception` suffix some models add. */
 function upstreamCodeOf(err: unknown): string {
   const e = err as { name?: unknown; Code?: unknown; code?: unknown };
-  const raw = typeof e.Code === "string" ? e.Code : typeof e.name === "string" ? e.name : typeof e.code === "string" ? e.code : "Error";
+  // A network failure is named by its errno (ECONNREFUSED): the SDK leaves its name "Error",
+  // or renames a reset "TimeoutError", neither of which says what happened.
+  const errno = typeof e.code === "string" && /^E[A-Z0-9_]+$/.test(e.code) ? e.code : undefined;
+  const raw = typeof e.Code === "string" ? e.Code : (errno ?? (typeof e.name === "string" ? e.name : typeof e.code === "string" ? e.code : "Error"));
   return raw.replace(/Exception$/, "");
 }
 
@@ -124,8 +147,9 @@ function shorter(seconds: number): number | undefined {
  * Returns a function that gets one JWT from STS. A `SessionDurationEscalation` (the asked
  * lifetime outlives the role session) is answered by asking again for less, down to 60 s.
  */
-export function createStsSource({ client, audience, signingAlgorithm, durationSeconds, log }: StsSourceOptions) {
+export function createStsSource({ client, audience, signingAlgorithm, durationSeconds, log, now = Date.now }: StsSourceOptions) {
   return async function getJwt(signal?: AbortSignal): Promise<StsJwt> {
+    const { GetWebIdentityTokenCommand } = await loadSdk();
     let duration = durationSeconds;
     for (;;) {
       let answer: Awaited<ReturnType<StsLike["send"]>>;
@@ -149,6 +173,15 @@ export function createStsSource({ client, audience, signingAlgorithm, durationSe
           step: "sts",
           retryable: true,
           hint: "an STS or proxy fault; check AWS_ENDPOINT_URL_STS if it is set",
+        });
+      }
+      // A JWT that is already dead would only be refused by Databricks as invalid_grant, which
+      // is not retried for the cooldown; a glitch in STS's answer is worth a retry instead.
+      if (expiresAt <= now()) {
+        throw new BrokerError("ERR_STS_INVALID_RESPONSE", `STS answered a JWT whose Expiration (${answer.Expiration?.toISOString()}) has passed`, {
+          step: "sts",
+          retryable: true,
+          hint: "an STS or proxy fault, or a clock far off; check AWS_ENDPOINT_URL_STS if it is set",
         });
       }
       return { jwt, expiresAt, durationSeconds: duration };

@@ -10,6 +10,7 @@
  */
 import { LRUCache } from "lru-cache";
 import type { Target } from "./config.js";
+import { diagnoseRefreshFailure, formatCheck } from "./diagnosis.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
 import { fingerprint, type Logger } from "./log.js";
@@ -32,6 +33,8 @@ export const COOLDOWN_MS = 30_000;
  * served this token instead of causing one exchange per request.
  */
 export const FRESH_ENOUGH_MS = 5_000;
+/** Where the layer puts the CLI (SPEC §1 layer tree), for the diagnosis to point at. */
+export const DOCTOR_COMMAND = "node /opt/databricks-token-broker/cli.mjs doctor";
 
 export interface TokenCacheOptions {
   targets: ReadonlyMap<string, Target>;
@@ -77,6 +80,8 @@ const keyOf = (t: Target) => `${t.name}\u0000${t.scope}`;
 export class TokenCache {
   readonly #targets: ReadonlyMap<string, Target>;
   readonly #byKey = new Map<string, Target>();
+  /** Keys built once: a key built per request is a new string to flatten and hash on every lookup. */
+  readonly #keyByName = new Map<string, string>();
   readonly #source: TokenSource;
   readonly #refreshAheadMs: number;
   readonly #minTtlMs: number;
@@ -85,6 +90,8 @@ export class TokenCache {
   readonly #random: () => number;
   readonly #sleep: (ms: number) => Promise<void>;
   readonly #state = new Map<string, KeyState>();
+  /** `key\0code` of every failure already diagnosed in the log. */
+  readonly #diagnosed = new Set<string>();
   readonly #cache: LRUCache<string, AccessToken>;
   #suspended: BrokerError | undefined;
 
@@ -99,6 +106,7 @@ export class TokenCache {
     this.#sleep = o.sleep ?? defaultSleep;
     for (const t of o.targets.values()) {
       this.#byKey.set(keyOf(t), t);
+      this.#keyByName.set(t.name, keyOf(t));
       this.#state.set(keyOf(t), { failures: 0, nextAttemptAt: 0, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
     }
     const now = this.#now;
@@ -205,6 +213,18 @@ export class TokenCache {
         error: e.message,
         hint: e.hint,
       });
+      // The doctor's checklist, once per target and code: enough to act on without flooding
+      // the log through a long outage (every failure still logs the line above).
+      const seen = `${key}\u0000${e.code}`;
+      if (!this.#diagnosed.has(seen)) {
+        this.#diagnosed.add(seen);
+        log("diagnosis", {
+          target: target.name,
+          summary: e.summary(),
+          checks: diagnoseRefreshFailure(e, target.name).flatMap((c) => formatCheck(c).split("\n")),
+          doctor: DOCTOR_COMMAND,
+        });
+      }
       throw e;
     }
   }
@@ -235,13 +255,9 @@ export class TokenCache {
     const wanted = Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000);
     const deadline = this.#now() + waitMs;
     for (;;) {
-      const cached = this.#cache.peek(key, { allowStale: true });
+      const cached = this.#ready(key, wanted);
+      if (cached) return cached;
       const now = this.#now();
-      if (cached && now >= this.#refreshAt(cached)) this.#refreshInBackground(key);
-      if (cached && this.#servable(cached, this.#minTtlMs)) {
-        // Fresh from the exchange, yet short of the asked min_ttl: nothing better exists (SPEC §5).
-        if (this.#servable(cached, wanted) || now - cached.issuedAt < FRESH_ENOUGH_MS) return cached;
-      }
 
       if (st.lastError && !st.inFlight && now < st.nextAttemptAt) {
         if (!st.lastError.retryable) throw st.lastError;
@@ -259,6 +275,27 @@ export class TokenCache {
         // Transient: loop, which waits out the backoff while the deadline allows.
       }
     }
+  }
+
+  /**
+   * What `get` answers at once, or undefined when it would have to wait; `get` without the
+   * promise. Serving a cached token is the hot path: every function call asks for one.
+   */
+  ready(name: string, { minTtlSeconds }: { minTtlSeconds?: number } = {}): AccessToken | undefined {
+    const key = this.#keyByName.get(name);
+    if (key === undefined || this.#suspended) return undefined;
+    return this.#ready(key, Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000));
+  }
+
+  /** The cached token when it may be served with `wanted` ms left; starts a refresh when one is due. */
+  #ready(key: string, wanted: number): AccessToken | undefined {
+    const cached = this.#cache.peek(key, { allowStale: true });
+    if (!cached) return undefined;
+    const now = this.#now();
+    if (now >= this.#refreshAt(cached)) this.#refreshInBackground(key);
+    if (!this.#servable(cached, this.#minTtlMs)) return undefined;
+    // Fresh from the exchange, yet short of the asked min_ttl: nothing better exists (SPEC §5).
+    return this.#servable(cached, wanted) || now - cached.issuedAt < FRESH_ENOUGH_MS ? cached : undefined;
   }
 
   #timeout(name: string, waitMs: number, last: BrokerError | undefined): BrokerError {

@@ -3,12 +3,14 @@
  * under the Lambda emulator with the variables a user would set. Shared by the end-to-end
  * tests (and by `npm start`).
  */
+import { appendFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startDatabricks, type DatabricksOptions, type DatabricksStandIn } from "./standins/databricks.js";
 import { type LambdaEmulator, startLambda, type StartLambdaOptions } from "./standins/lambda.js";
 import { startSts, type StsOptions, type StsStandIn } from "./standins/sts.js";
+import { findLeaks, type RecordedAnswer } from "./secrets.js";
 
 export const ROOT = join(fileURLToPath(new URL(".", import.meta.url)), "..");
 export const LAUNCHER = join(ROOT, "dist", "layer", "extensions", "databricks-token-broker");
@@ -33,6 +35,17 @@ export interface Stack {
   env: Record<string, string | undefined>;
   /** GET on the broker with the function's session token. */
   token(path?: string, headers?: Record<string, string>): Promise<Response>;
+  /** GET on the broker with exactly these headers (no session token added). */
+  get(path: string, headers?: Record<string, string>): Promise<Response>;
+  /** Every answer the broker gave through `token`, `get` or `record`: the secrets scan reads them. */
+  readonly answers: RecordedAnswer[];
+  /** Adds an answer read some other way (a raw socket) to the secrets scan. */
+  record(answer: RecordedAnswer): void;
+  /** Secrets beyond the ones the stand-ins issue (a token crafted into a fault's body). */
+  readonly secrets: Set<string>;
+  /** What the secrets scan finds so far: log lines, error reports and answers. */
+  leaks(): Promise<string[]>;
+  /** Stops everything, then fails if any log line, error report or answer carried a secret. */
   close(): Promise<void>;
 }
 
@@ -66,6 +79,39 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   };
   const lambda = await startLambda({ command: o.command ?? LAUNCHER, extensionName: "databricks-token-broker", env, ...o.lambda });
   const base = `http://127.0.0.1:${port}`;
+  const answers: RecordedAnswer[] = [];
+  const secrets = new Set<string>();
+  const reading = new Set<Promise<void>>();
+  // The caller reads the answer as it likes; a clone feeds the scan.
+  const recorded = async (path: string, headers: Record<string, string>): Promise<Response> => {
+    const res = await fetch(`${base}${path}`, { headers });
+    const copy = res
+      .clone()
+      .text()
+      .then(
+        (body) => void answers.push({ method: "GET", route: path.split("?")[0] ?? path, status: res.status, body }),
+        () => {},
+      );
+    reading.add(copy);
+    void copy.finally(() => reading.delete(copy));
+    return res;
+  };
+  const leaks = async () => {
+    await Promise.all(reading);
+    return findLeaks({
+      lines: [...lambda.stdout, ...lambda.stderr],
+      reports: [...lambda.initErrors, ...lambda.exitErrors].map((e) => e.body),
+      answers,
+      secrets: [
+        ...db.issuedTokens.map((t) => t.token),
+        ...sts.issued.map((j) => j.token),
+        lambda.env.AWS_SESSION_TOKEN,
+        lambda.env.AWS_CONTAINER_AUTHORIZATION_TOKEN,
+        lambda.env.AWS_SECRET_ACCESS_KEY,
+        ...secrets,
+      ],
+    });
+  };
   return {
     sts,
     db,
@@ -73,10 +119,22 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     port,
     base,
     env,
-    token: (path = "/token", headers = {}) => fetch(`${base}${path}`, { headers: { "x-aws-session-token": SESSION_TOKEN, ...headers } }),
+    token: (path = "/token", headers = {}) => recorded(path, { "x-aws-session-token": SESSION_TOKEN, ...headers }),
+    get: (path, headers = {}) => recorded(path, headers),
+    answers,
+    record: (a) => void answers.push(a),
+    secrets,
+    leaks,
     async close() {
       await lambda.close();
       await Promise.all([sts.close(), db.close()]);
+      const found = await leaks();
+      // Lets a run report how much the scan covered across the whole suite.
+      if (process.env.BROKER_SCAN_REPORT) {
+        const lines = lambda.stdout.length + lambda.stderr.length;
+        appendFileSync(process.env.BROKER_SCAN_REPORT, `${JSON.stringify({ lines, answers: answers.length, leaks: found.length })}\n`);
+      }
+      if (found.length > 0) throw new Error(`secrets leaked:\n${found.slice(0, 20).join("\n")}`);
     },
   };
 }

@@ -194,6 +194,8 @@ export interface StsSettings {
   region: string;
   /** Adds `lambda_source_function_arn`, as STS does for calls from a Lambda function. */
   lambdaFunctionArn?: string;
+  /** What GetCallerIdentity answers as `Arn`; default the assumed-role session of `roleArn`. */
+  callerArn?: string;
   /** Outbound identity federation enabled for the account. */
   enabled: boolean;
   /** End of the caller's session (ms); a token outliving it is a SessionDurationEscalation. */
@@ -317,6 +319,7 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     enabled: options.enabled ?? true,
     sessionExpiresAt: options.sessionExpiresAt,
     allow: options.allow,
+    callerArn: options.callerArn,
   };
   const keys = new Map<SigningAlgorithm, SigningKey>();
   let published: JWK[] = [];
@@ -428,6 +431,16 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
       }
       if (sigv4[4] !== "sts") return fail(403, "SignatureDoesNotMatch", "Credential should be scoped to correct service: 'sts'. ");
       if (sigv4[3] !== settings.region) return fail(403, "SignatureDoesNotMatch", "Credential should be scoped to a valid region. ");
+    }
+    if (call.action === "GetCallerIdentity" && params.get("Version") === API_VERSION) {
+      // An assumed-role ARN names the role without its path, as AWS's does.
+      const arn = settings.callerArn ?? `arn:aws:sts::${settings.accountId}:assumed-role/${settings.roleArn.split("/").pop()}/session`;
+      Object.assign(call, { status: 200, ok: true });
+      return void res.writeHead(200, { "content-type": "text/xml", ...headers }).end(
+        `<GetCallerIdentityResponse xmlns="${XMLNS}"><GetCallerIdentityResult><Arn>${xmlEscape(arn)}</Arn>` +
+          `<UserId>AROAEXAMPLE:session</UserId><Account>${settings.accountId}</Account></GetCallerIdentityResult>` +
+          `<ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata></GetCallerIdentityResponse>`,
+      );
     }
     if (call.action !== "GetWebIdentityToken" || params.get("Version") !== API_VERSION) {
       return fail(400, "InvalidAction", `Could not find operation ${call.action ?? "(none)"} for version ${params.get("Version") ?? "(none)"}`);

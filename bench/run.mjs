@@ -1,0 +1,35 @@
+// `npm run bench`: builds dist/layer (the bench spawns the extension from there, as Lambda
+// would), bundles the TypeScript bench programs with esbuild into dist/bench/, and runs the
+// orchestrator. Arguments pass through: `npm run bench -- --only=serving,startup`.
+//
+// The bench programs are bundled rather than run through a TypeScript loader so that no
+// loader's own start-up cost lands in a measurement. Dependencies stay external, so the
+// simulated function loads @aws-sdk/client-sts from node_modules, as a Lambda Node.js
+// function loads the runtime's own copy.
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { build } from "esbuild";
+import { buildLayerTree, ROOT } from "../layer/build.mjs";
+
+const OUT = join(ROOT, "dist", "bench");
+const PROGRAMS = ["main", "load", "bare-server", "function"];
+
+const layerDir = process.env.BENCH_LAYER_DIR ?? join(ROOT, "dist", "layer");
+await buildLayerTree(layerDir);
+await build({
+  entryPoints: PROGRAMS.map((p) => join(ROOT, "bench", `${p}.ts`)),
+  outdir: OUT,
+  outExtension: { ".js": ".mjs" },
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  packages: "external",
+  logLevel: "warning",
+});
+
+const child = spawn(process.execPath, [join(OUT, "main.mjs"), ...process.argv.slice(2)], {
+  stdio: "inherit",
+  env: { ...process.env, BENCH_DIR: OUT, BENCH_LAYER_DIR: layerDir },
+});
+child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

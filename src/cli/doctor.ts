@@ -1,0 +1,330 @@
+/**
+ * `doctor`: the broker's chain run once, one step at a time, with the current credentials and
+ * environment — configuration, the account's federation switch, the STS JWT, its claims
+ * against what a federation policy needs, the exchange, and one authenticated call — each
+ * marked with how it went and, when it failed, how to fix it. It never prints a token.
+ */
+import { type Config, parseConfig, type Target } from "../config.js";
+import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type Check, type JwtClaims } from "../diagnosis.js";
+import { BrokerError, isBrokerError } from "../errors.js";
+import { createExchange, type AccessToken, type FetchLike } from "../exchange.js";
+import { fingerprint, redact, silentLogger } from "../log.js";
+import { classifyStsError, createStsSource, type StsJwt } from "../sts.js";
+import type { DoctorArgs } from "./args.js";
+import { type AwsClients, callerArn, describeAwsError, getFederationState, roleFromCaller } from "./aws.js";
+import { executionRolePolicy, roleNameOf } from "./policies.js";
+
+export interface DoctorDeps {
+  env: NodeJS.ProcessEnv;
+  /** AWS clients for the configured region. */
+  clients: (region: string) => AwsClients;
+  fetch: FetchLike;
+  now?: () => number;
+}
+
+export interface DoctorReport {
+  /** No step failed (warnings and skipped steps allowed). */
+  readonly ok: boolean;
+  readonly checks: readonly Check[];
+}
+
+/** The steps in the order they run; a step not reached is reported as skipped. */
+const STEPS = ["configuration", "federation", "sts", "claims.iss", "claims.aud", "claims.sub", "claims.exp", "exchange", "api"] as const;
+type Step = (typeof STEPS)[number];
+
+/**
+ * The authenticated call: the caller's own identity, which every workspace principal may
+ * read (Databricks SCIM API, `GET /api/2.0/preview/scim/v2/Me`).
+ */
+export const ME_PATH = "/api/2.0/preview/scim/v2/Me";
+/** The CLI waits this long for the workspace; it answers /Me in well under a second. */
+const API_TIMEOUT_MS = 10_000;
+const P = "DATABRICKS_TOKEN_BROKER_";
+
+class Checklist {
+  readonly checks: Check[] = [];
+  add(c: Check): void {
+    // Upstream messages are quoted into details; none may carry a JWT out.
+    this.checks.push({ ...c, detail: redact(c.detail), ...(c.fix !== undefined ? { fix: redact(c.fix) } : {}) });
+  }
+  /** Marks every step from `from` on that has no check yet as not reached. */
+  skipFrom(from: Step): void {
+    for (const step of STEPS.slice(STEPS.indexOf(from))) {
+      if (!this.checks.some((c) => c.step === step)) this.add({ step, status: "skip", detail: "not reached: fix the failed step above first" });
+    }
+  }
+  report(): DoctorReport {
+    return { ok: !this.checks.some((c) => c.status === "fail"), checks: this.checks };
+  }
+}
+
+function describeConfig(config: Config): string {
+  const targets = [...config.targets.values()].map(
+    (t) => `${t.name} → ${t.tokenEndpoint} (${t.clientId !== undefined ? `client_id ${t.clientId}` : "no client_id: account-wide policy"}, scope ${t.scope})`,
+  );
+  return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}`;
+}
+
+/** The role the federation policy should name: `--role-arn`, else the role of the current session. */
+async function expectedSubject(args: DoctorArgs, clients: AwsClients): Promise<{ arn: string | undefined; note: string }> {
+  if (args.roleArn !== undefined) return { arn: args.roleArn, note: "--role-arn" };
+  try {
+    const derived = roleFromCaller(await callerArn(clients.sts));
+    return { arn: derived.roleArn, note: derived.roleArn ? "the current session's role" : derived.note };
+  } catch (err) {
+    const p = describeAwsError(err, "sts:GetCallerIdentity");
+    return { arn: undefined, note: `the current identity could not be read (${p.code}: ${p.message})` };
+  }
+}
+
+function checkClaims(list: Checklist, claims: JwtClaims, config: Config, issuer: string | undefined, expected: { arn: string | undefined; note: string }, asked: number, nowMs: number): void {
+  if (claims.iss === undefined) {
+    list.add({ step: "claims.iss", status: "fail", detail: "the JWT has no iss claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
+  } else if (issuer !== undefined && claims.iss !== issuer) {
+    list.add({
+      step: "claims.iss",
+      status: "fail",
+      detail: `iss ${claims.iss} is not this account's issuer URL ${issuer}`,
+      fix: "the JWT was signed by another account's or a stand-in STS (check AWS_ENDPOINT_URL_STS and the credentials' account); the federation policy's issuer must be the one the function's tokens carry",
+    });
+  } else {
+    list.add({ step: "claims.iss", status: "pass", detail: `iss ${claims.iss}${issuer !== undefined ? " (this account's issuer URL)" : ""}: the federation policy's issuer must be exactly this` });
+  }
+
+  if (claims.aud.includes(config.audience)) {
+    list.add({ step: "claims.aud", status: "pass", detail: `aud ${claims.aud.join(", ")}: the federation policy's audiences must include ${config.audience} (${P}AUDIENCE)` });
+  } else {
+    list.add({
+      step: "claims.aud",
+      status: "fail",
+      detail: `aud ${claims.aud.join(", ") || "(none)"} does not contain ${P}AUDIENCE ${config.audience}`,
+      fix: "STS signed for another audience than asked: check AWS_ENDPOINT_URL_STS if it is set",
+    });
+  }
+
+  const sub = claims.sub;
+  if (sub === undefined) {
+    list.add({ step: "claims.sub", status: "fail", detail: "the JWT has no sub claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
+  } else if (expected.arn === undefined) {
+    list.add({
+      step: "claims.sub",
+      status: "warn",
+      detail: `sub ${sub}; ${expected.note}`,
+      fix: "run the doctor with the execution role's credentials (a profile with role_arn, or inside the function), or pass --role-arn",
+    });
+  } else if (sub === expected.arn) {
+    list.add({ step: "claims.sub", status: "pass", detail: `sub ${sub} (${expected.note}): the federation policy's subject must be exactly this` });
+  } else if (/^arn:aws[\w-]*:iam::\d{12}:role\//.test(sub) && roleNameOf(sub) === roleNameOf(expected.arn) && sub.split(":")[4] === expected.arn.split(":")[4]) {
+    // The session ARN drops the role's path; the token keeps it.
+    list.add({ step: "claims.sub", status: "pass", detail: `sub ${sub} (the role's full ARN, with its path): the federation policy's subject must be exactly this` });
+  } else {
+    list.add({
+      step: "claims.sub",
+      status: "fail",
+      detail: `sub ${sub} is not ${expected.arn} (${expected.note})`,
+      fix:
+        expected.note === "--role-arn"
+          ? `these credentials are not a session of ${expected.arn}: run the doctor with that role's credentials (a profile with role_arn, or inside the function)`
+          : "the token names another principal than the current role; the federation policy's subject must be the execution role's ARN",
+    });
+  }
+
+  if (claims.exp === undefined) {
+    list.add({ step: "claims.exp", status: "fail", detail: "the JWT has no exp claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
+    return;
+  }
+  const left = Math.round(claims.exp - nowMs / 1000);
+  if (left <= 0) {
+    list.add({ step: "claims.exp", status: "fail", detail: `exp is ${-left} s in the past`, fix: "this machine's clock is off: sync it (Databricks checks exp against its own clock)" });
+  } else if (left <= config.minTtlSeconds) {
+    list.add({
+      step: "claims.exp",
+      status: "fail",
+      detail: `exp in ${left} s, not more than ${P}MIN_TTL_SECONDS (${config.minTtlSeconds} s); a Databricks token lives no longer than the JWT it came from`,
+      fix: `raise ${P}STS_DURATION_SECONDS (and the role policy's sts:DurationSeconds with it), or lower ${P}MIN_TTL_SECONDS`,
+    });
+  } else {
+    list.add({ step: "claims.exp", status: "pass", detail: `exp in ${left} s${left < asked - 5 ? ` (asked for ${asked} s: the role session ends sooner)` : ""}` });
+  }
+}
+
+/** The one authenticated call; accounts hosts have no workspace API to ask. */
+async function apiCheck(target: Target, token: AccessToken, fetch: FetchLike): Promise<Check> {
+  const at = { step: "api", target: target.name } as const;
+  if (target.isAccounts) return { ...at, status: "skip", detail: "accounts host: no workspace API to call" };
+  let res: Response;
+  let text: string;
+  try {
+    res = await fetch(`${target.host}${ME_PATH}`, {
+      method: "GET",
+      headers: { authorization: `Bearer ${token.accessToken}`, accept: "application/json" },
+      redirect: "error",
+      signal: AbortSignal.timeout(API_TIMEOUT_MS),
+    });
+    text = await res.text();
+  } catch (err) {
+    return { ...at, status: "fail", detail: `GET ${target.host}${ME_PATH} failed: ${(err as Error).message}`, fix: "the workspace could not be reached from here: check DATABRICKS_HOST and the network" };
+  }
+  let body: Record<string, unknown> = {};
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (parsed !== null && typeof parsed === "object") body = parsed as Record<string, unknown>;
+  } catch {
+    // Not JSON: the status alone is reported.
+  }
+  if (res.ok) {
+    const who = typeof body.userName === "string" ? body.userName : typeof body.displayName === "string" ? body.displayName : "an unnamed principal";
+    return { ...at, status: "pass", detail: `GET ${ME_PATH} → ${res.status}: the token works, as ${who}` };
+  }
+  const message = typeof body.message === "string" ? body.message : typeof body.error_description === "string" ? body.error_description : res.statusText;
+  return {
+    ...at,
+    status: "fail",
+    detail: `GET ${ME_PATH} → ${res.status}: ${message}`,
+    fix:
+      res.status === 401 || res.status === 403
+        ? "Databricks issued the token but this workspace refuses it: assign the service principal to this workspace (account console → Workspaces → Permissions), and check that DATABRICKS_HOST is that workspace"
+        : res.status >= 500
+          ? "a Databricks fault; run the doctor again"
+          : "DATABRICKS_HOST may not be a Databricks workspace URL",
+  };
+}
+
+/** Runs the chain once; every outcome, failure included, is a check in the report. */
+export async function runDoctor(args: DoctorArgs & { region?: string | undefined }, deps: DoctorDeps): Promise<DoctorReport> {
+  const now = deps.now ?? Date.now;
+  const list = new Checklist();
+  const env: NodeJS.ProcessEnv = { ...deps.env, ...(args.region !== undefined ? { AWS_REGION: args.region } : {}) };
+
+  // The doctor checks the chain even where the switch is off (on a laptop, say), and says so.
+  let config: Config;
+  try {
+    const parsed = parseConfig({ ...env, [`${P}ENABLED`]: "true" });
+    if (!parsed.enabled) throw new Error("parseConfig ignored the switch");
+    config = parsed.config;
+  } catch (err) {
+    if (!isBrokerError(err)) throw err;
+    list.add({ step: "configuration", status: "fail", detail: err.message, ...(err.hint ? { fix: err.hint } : {}) });
+    list.skipFrom("federation");
+    return list.report();
+  }
+  list.add({ step: "configuration", status: "pass", detail: describeConfig(config) });
+  if (!parseConfig(env).enabled) {
+    list.add({
+      step: "configuration",
+      status: "warn",
+      detail: `${P}ENABLED is ${env[`${P}ENABLED`] === undefined ? "not set" : JSON.stringify(env[`${P}ENABLED`])}: in Lambda the extension would stay idle (checked here as if it were true)`,
+      fix: `set ${P}ENABLED=true on the function`,
+    });
+  }
+
+  const clients = deps.clients(config.region);
+  let issuer: string | undefined;
+  try {
+    const state = await getFederationState(clients.iam);
+    if (state.enabled) {
+      issuer = state.issuer;
+      list.add({ step: "federation", status: "pass", detail: `outbound web identity federation is enabled; issuer URL ${issuer ?? "(not reported)"}` });
+    } else {
+      list.add({
+        step: "federation",
+        status: "fail",
+        detail: "outbound web identity federation is disabled for this AWS account",
+        fix: "databricks-token-broker setup --enable (as an account administrator), or aws iam enable-outbound-web-identity-federation",
+      });
+    }
+  } catch (err) {
+    const p = describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo");
+    // Execution roles rarely may read IAM, so a denial here is expected, not a fault.
+    list.add({
+      step: "federation",
+      status: p.code === "AccessDenied" ? "skip" : "warn",
+      detail: `the account's federation state could not be read (${p.code}: ${p.message}); the STS step below shows it`,
+      ...(p.code === "AccessDenied" ? {} : { fix: p.fix }),
+    });
+  }
+
+  const getJwt = createStsSource({
+    client: clients.sts,
+    audience: config.audience,
+    signingAlgorithm: config.signingAlgorithm,
+    durationSeconds: config.stsDurationSeconds,
+    log: silentLogger,
+    now,
+  });
+  let first: StsJwt;
+  try {
+    first = await getJwt();
+  } catch (err) {
+    const e = isBrokerError(err) ? err : classifyStsError(err);
+    const check = failedCheck(e);
+    const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
+    if (e.code === "ERR_STS_ACCESS_DENIED") {
+      list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
+    } else if (["NoCredentials", "NoRegion", "ExpiredToken", "InvalidClientTokenId"].includes(credentials.code)) {
+      list.add({ ...check, fix: credentials.fix });
+    } else {
+      list.add(check);
+    }
+    list.skipFrom("claims.iss");
+    return list.report();
+  }
+  const lifetime = Math.round((first.expiresAt - now()) / 1000);
+  list.add({ step: "sts", status: "pass", detail: `GetWebIdentityToken signed a ${config.signingAlgorithm} JWT that expires in ${lifetime} s` });
+
+  const claims = decodeJwtClaims(first.jwt);
+  if (!claims) {
+    list.add({ step: "claims.iss", status: "fail", detail: "STS answered a token whose payload is not JSON", fix: "check AWS_ENDPOINT_URL_STS if it is set" });
+    list.skipFrom("claims.aud");
+    return list.report();
+  }
+  checkClaims(list, claims, config, issuer, await expectedSubject(args, clients), config.stsDurationSeconds, now());
+
+  const exchange = createExchange({ fetch: deps.fetch, now, log: silentLogger });
+  let next: StsJwt | undefined = first;
+  for (const target of config.targets.values()) {
+    let subject: StsJwt;
+    try {
+      // A JWT is used once: token endpoints may treat its jti as single-use.
+      subject = next ?? (await getJwt());
+    } catch (err) {
+      list.add(failedCheck(isBrokerError(err) ? err : classifyStsError(err), target.name));
+      continue;
+    }
+    next = undefined;
+    let token: AccessToken;
+    try {
+      token = await exchange(target, subject.jwt);
+    } catch (err) {
+      const e = explainExchangeFailure(err, subject.jwt, target);
+      const check = failedCheck(isBrokerError(e) ? e : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", String(e), { step: "exchange", retryable: true }), target.name);
+      // With someone else's credentials the token's subject is theirs: a policy mismatch says nothing yet.
+      const foreign = list.checks.some((c) => c.step === "claims.sub" && c.status !== "pass") && (isBrokerError(e) && e.code === "ERR_EXCHANGE_INVALID_GRANT");
+      list.add(foreign ? { ...check, fix: `first run the doctor with the execution role's credentials (see claims.sub): this token's subject is the current credentials'. Then: ${check.fix ?? ""}` } : check);
+      list.add({ step: "api", target: target.name, status: "skip", detail: "not reached: fix the exchange first" });
+      continue;
+    }
+    // As the broker does: a token is not believed to outlive the JWT it came from.
+    const left = Math.round((Math.min(token.expiresAt, subject.expiresAt) - now()) / 1000);
+    if (left <= config.minTtlSeconds) {
+      list.add({
+        step: "exchange",
+        target: target.name,
+        status: "fail",
+        detail: `Databricks issued a token (sha256 ${fingerprint(token.accessToken)}) that lives ${left} s, not more than ${P}MIN_TTL_SECONDS (${config.minTtlSeconds} s), so the broker could never serve it`,
+        fix: `lower ${P}MIN_TTL_SECONDS (and ${P}REFRESH_AHEAD_SECONDS) below the token lifetime, or raise ${P}STS_DURATION_SECONDS`,
+      });
+    } else {
+      list.add({ step: "exchange", target: target.name, status: "pass", detail: `Databricks issued a Bearer token (sha256 ${fingerprint(token.accessToken)}) for scope ${token.scope}, valid ${left} s` });
+    }
+    list.add(await apiCheck(target, token, deps.fetch));
+  }
+  return list.report();
+}
+
+/** The report as text: one line per step, a fix under each failure, a verdict at the end. */
+export function renderDoctor(report: DoctorReport): string {
+  const failed = report.checks.filter((c) => c.status === "fail").length;
+  const verdict = failed === 0 ? "✓ every step passed" : `✗ ${failed} step${failed > 1 ? "s" : ""} failed: fix the first one, then run the doctor again`;
+  return `databricks-token-broker doctor\n${report.checks.map(formatCheck).join("\n")}\n\n${verdict}\n`;
+}

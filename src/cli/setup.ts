@@ -1,0 +1,158 @@
+/**
+ * `setup`: the AWS side checked (and switched on with `--enable`), the Databricks side
+ * written out. It changes nothing but the account's federation switch, and only when asked.
+ */
+import { DEFAULTS, STS_DURATION_RANGE } from "../config.js";
+import type { SetupArgs } from "./args.js";
+import { UsageError } from "./args.js";
+import { type AwsClients, type AwsProblem, callerArn, describeAwsError, enableFederation, getFederationState, roleFromCaller } from "./aws.js";
+import { executionRolePolicy, federationPolicyCommand, findServicePrincipalCommand, putRolePolicyCommand } from "./policies.js";
+
+export interface SetupDeps {
+  clients: AwsClients;
+  env: NodeJS.ProcessEnv;
+}
+
+export interface SetupReport {
+  /** True when federation is on and the role is known, so every printed value is real. */
+  readonly ok: boolean;
+  readonly federation: {
+    readonly enabled: boolean;
+    /** This run switched it on. */
+    readonly enabledNow: boolean;
+    readonly issuer: string | null;
+    readonly problem: AwsProblem | null;
+  };
+  readonly role: {
+    readonly arn: string | null;
+    readonly source: "--role-arn" | "session" | null;
+    readonly note: string | null;
+    readonly problem: AwsProblem | null;
+  };
+  readonly settings: {
+    readonly audience: string;
+    readonly durationSeconds: number;
+    readonly clientId: string | null;
+    readonly servicePrincipalId: string | null;
+  };
+  readonly iamPolicy: object;
+  readonly commands: {
+    readonly enableFederation: string | null;
+    readonly putRolePolicy: string;
+    readonly findServicePrincipal: string | null;
+    readonly createFederationPolicy: string;
+  };
+  /** Function environment variables that follow from these settings. */
+  readonly environment: Readonly<Record<string, string>>;
+}
+
+const ISSUER_PLACEHOLDER = "<ISSUER_URL>";
+const ROLE_PLACEHOLDER = "<ROLE_ARN>";
+const P = "DATABRICKS_TOKEN_BROKER_";
+
+/** The duration: option, else the broker's variable, else its default; the variable is checked as the broker checks it. */
+function durationFrom(args: SetupArgs, env: NodeJS.ProcessEnv): number {
+  if (args.durationSeconds !== undefined) return args.durationSeconds;
+  const raw = env[`${P}STS_DURATION_SECONDS`]?.trim();
+  if (!raw) return DEFAULTS.stsDurationSeconds;
+  const [min, max] = STS_DURATION_RANGE;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || n < min || n > max) throw new UsageError(`${P}STS_DURATION_SECONDS must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+/** Runs the set-up checks; only `--enable` changes anything. */
+export async function runSetup(args: SetupArgs, { clients, env }: SetupDeps): Promise<SetupReport> {
+  const audience = args.audience ?? (env[`${P}AUDIENCE`]?.trim() || DEFAULTS.audience);
+  const durationSeconds = durationFrom(args, env);
+  const clientId = args.clientId ?? (env.DATABRICKS_CLIENT_ID?.trim() || undefined);
+
+  let federation: SetupReport["federation"];
+  try {
+    let state = await getFederationState(clients.iam);
+    let enabledNow = false;
+    if (!state.enabled && args.enable) {
+      try {
+        state = await enableFederation(clients.iam);
+        enabledNow = true;
+      } catch (err) {
+        federation = { enabled: false, enabledNow: false, issuer: state.issuer ?? null, problem: describeAwsError(err, "iam:EnableOutboundWebIdentityFederation") };
+      }
+    }
+    federation ??= { enabled: state.enabled, enabledNow, issuer: state.issuer ?? null, problem: null };
+  } catch (err) {
+    federation = { enabled: false, enabledNow: false, issuer: null, problem: describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo") };
+  }
+
+  let role: SetupReport["role"];
+  if (args.roleArn !== undefined) {
+    role = { arn: args.roleArn, source: "--role-arn", note: null, problem: null };
+  } else {
+    try {
+      const derived = roleFromCaller(await callerArn(clients.sts));
+      role = { arn: derived.roleArn ?? null, source: derived.roleArn ? "session" : null, note: derived.note, problem: null };
+    } catch (err) {
+      role = { arn: null, source: null, note: "pass the function's execution role with --role-arn", problem: describeAwsError(err, "sts:GetCallerIdentity") };
+    }
+  }
+
+  const iamPolicy = executionRolePolicy({ audience, durationSeconds });
+  const environment: Record<string, string> = { [`${P}ENABLED`]: "true", DATABRICKS_HOST: env.DATABRICKS_HOST?.trim() || "https://<workspace-host>" };
+  environment.DATABRICKS_CLIENT_ID = clientId ?? "<service principal application ID>";
+  if (audience !== DEFAULTS.audience) environment[`${P}AUDIENCE`] = audience;
+  if (durationSeconds !== DEFAULTS.stsDurationSeconds) environment[`${P}STS_DURATION_SECONDS`] = String(durationSeconds);
+
+  return {
+    ok: federation.enabled && federation.issuer !== null && role.arn !== null,
+    federation,
+    role,
+    settings: { audience, durationSeconds, clientId: clientId ?? null, servicePrincipalId: args.servicePrincipalId ?? null },
+    iamPolicy,
+    commands: {
+      enableFederation: federation.enabled ? null : "databricks-token-broker setup --enable",
+      putRolePolicy: putRolePolicyCommand(role.arn ?? ROLE_PLACEHOLDER, iamPolicy),
+      findServicePrincipal: args.servicePrincipalId === undefined ? findServicePrincipalCommand(clientId) : null,
+      createFederationPolicy: federationPolicyCommand({
+        issuer: federation.issuer ?? ISSUER_PLACEHOLDER,
+        audience,
+        subject: role.arn ?? ROLE_PLACEHOLDER,
+        servicePrincipalId: args.servicePrincipalId,
+      }),
+    },
+    environment,
+  };
+}
+
+const indent = (text: string, by = "   ") => text.replace(/^/gm, by);
+
+/** The report as a person reads it: state first, then the three things to do, in order. */
+export function renderSetup(r: SetupReport): string {
+  const lines: string[] = [];
+  const f = r.federation;
+  if (f.problem) {
+    lines.push(`✗ Outbound web identity federation: ${f.problem.code}: ${f.problem.message}`, `    fix: ${f.problem.fix}`);
+  } else if (f.enabled) {
+    lines.push(`✓ Outbound web identity federation: enabled${f.enabledNow ? " (just now)" : ""}`);
+  } else {
+    lines.push("✗ Outbound web identity federation: disabled", `    fix: ${r.commands.enableFederation} (needs iam:EnableOutboundWebIdentityFederation), or aws iam enable-outbound-web-identity-federation`);
+  }
+  lines.push(`  Issuer URL: ${f.issuer ?? `unknown until federation is enabled (${ISSUER_PLACEHOLDER} below)`}`, "");
+
+  if (r.role.arn) {
+    lines.push(`✓ Execution role: ${r.role.arn}`);
+    if (r.role.note) lines.push(`  (${r.role.note})`);
+  } else {
+    lines.push(`✗ Execution role: unknown${r.role.problem ? `: ${r.role.problem.code}: ${r.role.problem.message}` : ""}`, `    fix: ${r.role.note ?? "pass --role-arn"}`);
+  }
+  lines.push("");
+
+  lines.push("1. Let the execution role sign JWTs for Databricks (IAM policy):", indent(JSON.stringify(r.iamPolicy, null, 2)), "", indent(r.commands.putRolePolicy), "");
+  lines.push("2. Let Databricks accept them: a federation policy on the service principal (as a Databricks account admin):", indent(r.commands.createFederationPolicy));
+  if (r.commands.findServicePrincipal) {
+    lines.push(indent(`(SERVICE_PRINCIPAL_ID is the service principal's numeric ID; look it up with: ${r.commands.findServicePrincipal})`));
+  }
+  lines.push("");
+  lines.push("3. Set on the function:", ...Object.entries(r.environment).map(([k, v]) => indent(`${k}=${v}`)), "");
+  lines.push("Then check the whole chain with the function's role: databricks-token-broker doctor");
+  return `${lines.join("\n")}\n`;
+}

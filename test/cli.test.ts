@@ -1,0 +1,710 @@
+/**
+ * `setup` and `doctor` in-process against the stand-ins, through the real IAM and STS clients
+ * and real fetch, in every failure the stand-ins can produce; and the built command run as a
+ * user runs it. No output may carry a token, a JWT or a credential.
+ */
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { EnableOutboundWebIdentityFederationCommand, GetOutboundWebIdentityFederationInfoCommand, IAMClient } from "@aws-sdk/client-iam";
+import { STSClient } from "@aws-sdk/client-sts";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Check } from "../src/diagnosis.js";
+import { runCli } from "../src/cli/main.js";
+import { CLIENT_ID, ROOT } from "./stack.js";
+import { startDatabricks, type DatabricksOptions, type DatabricksStandIn } from "./standins/databricks.js";
+import { ENABLE, GET_INFO, startIam, type IamOptions, type IamStandIn } from "./standins/iam.js";
+import { startSts, type StsOptions, type StsStandIn } from "./standins/sts.js";
+
+const CREDENTIALS = { accessKeyId: "AKIDCLITESTEXAMPLE", secretAccessKey: "cli-test-secret-access-key-0123456789", sessionToken: "cli-test-session-token-IQoJb3JpZ2luX2Vj" };
+const JWT_SHAPE = /eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}/;
+const CLI = join(ROOT, "dist", "layer", "databricks-token-broker", "cli.mjs");
+
+interface World {
+  sts: StsStandIn;
+  iam: IamStandIn;
+  db: DatabricksStandIn;
+  env: Record<string, string | undefined>;
+  run(argv: string[], env?: Record<string, string | undefined>): Promise<{ code: number; out: string; err: string }>;
+  doctor(env?: Record<string, string | undefined>, argv?: string[]): Promise<{ code: number; ok: boolean; checks: Check[]; text: string }>;
+  setup(argv?: string[], env?: Record<string, string | undefined>): Promise<{ code: number; report: SetupJson; text: string }>;
+}
+
+interface SetupJson {
+  ok: boolean;
+  federation: { enabled: boolean; enabledNow: boolean; issuer: string | null; problem: { code: string; fix: string } | null };
+  role: { arn: string | null; source: string | null; note: string | null; problem: { code: string } | null };
+  iamPolicy: { Statement: { Action: string; Condition: Record<string, Record<string, unknown>> }[] };
+  commands: { enableFederation: string | null; putRolePolicy: string; findServicePrincipal: string | null; createFederationPolicy: string };
+  environment: Record<string, string>;
+}
+
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((c) => c()));
+});
+
+/** Everything a leak could be: every JWT STS signed, every token Databricks issued, the credentials. */
+function expectNoSecrets(w: World, ...texts: string[]): void {
+  const secrets = [...w.sts.issued.map((i) => i.token), ...w.db.issuedTokens.map((t) => t.token), CREDENTIALS.secretAccessKey, CREDENTIALS.sessionToken];
+  for (const text of texts) {
+    expect(JWT_SHAPE.test(text), "output carries a JWT").toBe(false);
+    for (const s of secrets) expect(text.includes(s), "output carries a secret").toBe(false);
+  }
+}
+
+async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: Partial<DatabricksOptions>; env?: Record<string, string | undefined> } = {}): Promise<World> {
+  const sts = await startSts({ region: "us-east-1", ...o.sts });
+  const iam = await startIam({ sts, ...o.iam });
+  const db = await startDatabricks({
+    policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
+    lifetime: "subject-token",
+    ...o.db,
+  });
+  closers.push(() => sts.close(), () => iam.close(), () => db.close());
+  const clients = (region: string) => ({
+    iam: new IAMClient({ region, endpoint: iam.url, credentials: CREDENTIALS, maxAttempts: 1 }),
+    sts: new STSClient({ region, endpoint: sts.url, credentials: CREDENTIALS, maxAttempts: 1 }),
+  });
+  const baseEnv: Record<string, string | undefined> = {
+    DATABRICKS_TOKEN_BROKER_ENABLED: "true",
+    DATABRICKS_HOST: db.url,
+    DATABRICKS_CLIENT_ID: CLIENT_ID,
+    AWS_REGION: "us-east-1",
+    ...o.env,
+  };
+  const w: World = {
+    sts,
+    iam,
+    db,
+    env: baseEnv,
+    async run(argv, env = {}) {
+      let out = "";
+      let err = "";
+      const code = await runCli(argv, { env: { ...baseEnv, ...env }, out: (t) => (out += t), err: (t) => (err += t), clients, fetch: (u, i) => fetch(u, i) });
+      expectNoSecrets(w, out, err);
+      return { code, out, err };
+    },
+    async doctor(env = {}, argv = []) {
+      const json = await w.run(["doctor", "--json", ...argv], env);
+      const text = await w.run(["doctor", ...argv], env);
+      const report = JSON.parse(json.out) as { ok: boolean; checks: Check[] };
+      expect(text.code).toBe(json.code);
+      return { code: json.code, ok: report.ok, checks: report.checks, text: text.out };
+    },
+    async setup(argv = [], env = {}) {
+      const json = await w.run(["setup", "--json", ...argv], env);
+      const text = await w.run(["setup", ...argv], env);
+      return { code: json.code, report: JSON.parse(json.out) as SetupJson, text: text.out };
+    },
+  };
+  return w;
+}
+
+const step = (checks: Check[], name: string, target?: string) => {
+  const found = checks.filter((c) => c.step === name && (target === undefined || c.target === target));
+  expect(found.length, `check ${name}`).toBeGreaterThan(0);
+  return found[found.length - 1]!;
+};
+const statuses = (checks: Check[]) => Object.fromEntries(checks.map((c) => [`${c.step}${c.target ? `[${c.target}]` : ""}`, c.status]));
+
+describe("the IAM stand-in", () => {
+  it("speaks the wire format of the real client: actions, XML shapes, and the registry's error codes", async () => {
+    const w = await world({ iam: { enabled: false } });
+    const client = new IAMClient({ region: "eu-west-1", endpoint: w.iam.url, credentials: CREDENTIALS, maxAttempts: 1 });
+    await expect(client.send(new GetOutboundWebIdentityFederationInfoCommand({}))).rejects.toMatchObject({ name: "FeatureDisabledException", Code: "FeatureDisabled", $metadata: { httpStatusCode: 404 } });
+    await expect(client.send(new EnableOutboundWebIdentityFederationCommand({}))).resolves.toMatchObject({ IssuerIdentifier: w.sts.issuer });
+    await expect(client.send(new GetOutboundWebIdentityFederationInfoCommand({}))).resolves.toMatchObject({ IssuerIdentifier: w.sts.issuer, JwtVendingEnabled: true });
+    await expect(client.send(new EnableOutboundWebIdentityFederationCommand({}))).rejects.toMatchObject({ name: "FeatureEnabledException", Code: "FeatureEnabled", $metadata: { httpStatusCode: 409 } });
+    expect(w.iam.calls.map((c) => [c.action, c.service, c.status])).toEqual([
+      [GET_INFO, "iam", 404],
+      [ENABLE, "iam", 200],
+      [GET_INFO, "iam", 200],
+      [ENABLE, "iam", 409],
+    ]);
+    // Enabling through IAM is what lets STS sign.
+    expect(w.sts.settings.enabled).toBe(true);
+  });
+});
+
+describe("setup", () => {
+  it("reports an enabled account: issuer, the role's policy with audience and duration conditions, and the exact commands", async () => {
+    const w = await world({ env: { DATABRICKS_TOKEN_BROKER_AUDIENCE: "my-audience", DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "900" } });
+    const { code, report, text } = await w.setup(["--service-principal-id", "4711"]);
+    expect(code).toBe(0);
+    expect(report.ok).toBe(true);
+    expect(report.federation).toEqual({ enabled: true, enabledNow: false, issuer: w.sts.issuer, problem: null });
+    expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/broker-test", source: "session" });
+    expect(report.iamPolicy.Statement[0]).toMatchObject({
+      Action: "sts:GetWebIdentityToken",
+      Condition: { "ForAllValues:StringEquals": { "sts:IdentityTokenAudience": "my-audience" }, NumericLessThanEquals: { "sts:DurationSeconds": 900 } },
+    });
+    expect(report.commands.createFederationPolicy).toBe(
+      `databricks account service-principal-federation-policy create 4711 --json '{"oidc_policy":{"issuer":"${w.sts.issuer}","audiences":["my-audience"],"subject":"arn:aws:iam::123456789012:role/broker-test"}}'`,
+    );
+    expect(report.commands.putRolePolicy).toMatch(/^aws iam put-role-policy --role-name broker-test --policy-name databricks-token-broker --policy-document '\{.*"sts:DurationSeconds":900.*\}'$/);
+    expect(report.commands.findServicePrincipal).toBeNull();
+    expect(report.environment).toMatchObject({ DATABRICKS_TOKEN_BROKER_AUDIENCE: "my-audience", DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "900", DATABRICKS_CLIENT_ID: CLIENT_ID });
+    expect(text).toContain("✓ Outbound web identity federation: enabled");
+    expect(text).toContain(`Issuer URL: ${w.sts.issuer}`);
+    expect(text).toContain(report.commands.createFederationPolicy);
+    // Read-only without --enable.
+    expect(w.iam.calls.every((c) => c.action === GET_INFO)).toBe(true);
+  });
+
+  it("the printed policy and command are what the stand-ins then accept: the doctor passes after following them", async () => {
+    const w = await world({ iam: { enabled: false }, db: { policy: { issuer: "https://not-yet.example", subject: "nobody", servicePrincipalId: CLIENT_ID } } });
+    const { report } = await w.setup(["--enable"]);
+    expect(report.federation).toMatchObject({ enabled: true, enabledNow: true });
+    const body = JSON.parse(/--json '(.*)'$/.exec(report.commands.createFederationPolicy)![1]!) as { oidc_policy: { issuer: string; audiences: string[]; subject: string } };
+    w.db.settings.policy = { ...body.oidc_policy, servicePrincipalId: CLIENT_ID };
+    const cond = report.iamPolicy.Statement[0]!.Condition;
+    w.sts.settings.allow = {
+      audiences: [cond["ForAllValues:StringEquals"]!["sts:IdentityTokenAudience"] as string],
+      maxDurationSeconds: cond.NumericLessThanEquals!["sts:DurationSeconds"] as number,
+    };
+    const d = await w.doctor();
+    expect(d.ok, d.text).toBe(true);
+  });
+
+  it("--enable on a disabled account enables it (and STS then signs); without --enable it only says how", async () => {
+    const w = await world({ iam: { enabled: false } });
+    const before = await w.setup();
+    expect(before.code).toBe(1);
+    expect(before.report.federation).toEqual({ enabled: false, enabledNow: false, issuer: null, problem: null });
+    expect(before.report.commands.enableFederation).toBe("databricks-token-broker setup --enable");
+    expect(before.report.commands.createFederationPolicy).toContain('"issuer":"<ISSUER_URL>"');
+    expect(before.text).toContain("✗ Outbound web identity federation: disabled");
+    expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
+
+    const after = await w.setup(["--enable"]);
+    expect(after.code).toBe(0);
+    expect(after.report.federation).toEqual({ enabled: true, enabledNow: true, issuer: w.sts.issuer, problem: null });
+    expect(w.sts.settings.enabled).toBe(true);
+    expect(after.report.commands.createFederationPolicy).toContain(`"issuer":"${w.sts.issuer}"`);
+  });
+
+  it("--enable on an enabled account is not an error and calls nothing that changes it", async () => {
+    const w = await world();
+    const { code, report } = await w.setup(["--enable"]);
+    expect(code).toBe(0);
+    expect(report.federation).toMatchObject({ enabled: true, enabledNow: false });
+    expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
+  });
+
+  it("FeatureEnabled from a concurrent enable counts as enabled, and the issuer is read back", async () => {
+    const w = await world();
+    // Get says disabled once; by the time Enable arrives someone else switched it on.
+    w.iam.addFault({ kind: "error", code: "FeatureDisabled", status: 404 });
+    const { code, report } = await w.run(["setup", "--json", "--enable"]).then((r) => ({ code: r.code, report: JSON.parse(r.out) as SetupJson }));
+    expect(code).toBe(0);
+    expect(report.federation).toMatchObject({ enabled: true, issuer: w.sts.issuer, problem: null });
+    expect(w.iam.calls.map((c) => [c.action, c.error])).toEqual([
+      [GET_INFO, "FeatureDisabled"],
+      [ENABLE, "FeatureEnabled"],
+      [GET_INFO, undefined],
+    ]);
+  });
+
+  it("an account that had federation once reports JwtVendingEnabled=false with its issuer; --enable switches it back on", async () => {
+    const w = await world({ iam: { enabled: false, disabledAnswer: "JwtVendingEnabled=false" } });
+    const before = await w.setup();
+    expect(before.report.federation).toMatchObject({ enabled: false, issuer: w.sts.issuer });
+    expect(before.code).toBe(1);
+    const after = await w.setup(["--enable"]);
+    expect(after.report.federation).toMatchObject({ enabled: true, enabledNow: true, issuer: w.sts.issuer });
+  });
+
+  it.each([
+    ["read denied", { denied: [GET_INFO] }, false, "AccessDenied", /iam:GetOutboundWebIdentityFederationInfo/],
+    ["enable denied", { enabled: false, denied: [ENABLE] }, true, "AccessDenied", /iam:EnableOutboundWebIdentityFederation/],
+  ] as const)("IAM %s → ✗ with the permission to ask for", async (_name, iam, enable, code, fix) => {
+    const w = await world({ iam: { ...iam, denied: [...iam.denied] } });
+    const { code: exit, report, text } = await w.setup(enable ? ["--enable"] : []);
+    expect(exit).toBe(1);
+    expect(report.federation.problem).toMatchObject({ code, fix: expect.stringMatching(fix) });
+    expect(text).toMatch(/✗ Outbound web identity federation: AccessDenied/);
+    expect(w.sts.settings.enabled).toBe(!enable);
+  });
+
+  it.each([
+    ["a 5xx", { kind: "error", code: "ServiceFailure", status: 500 }, "ServiceFailure", /IAM failed; try again/],
+    ["throttling", { kind: "error", code: "Throttling", status: 400 }, "Throttling", /throttling/],
+    ["a reset connection", { kind: "reset" }, undefined, /could not be reached/],
+    ["an HTML error page", { kind: "raw", status: 502, body: "<html><body>Bad Gateway</body></html>" }, undefined, /./],
+    ["a truncated answer", { kind: "drop" }, undefined, /could not be reached/],
+  ] as const)("IAM answering %s → ✗ with a fix, never a crash", async (_name, fault, code, fix) => {
+    const w = await world();
+    w.iam.setFault(fault);
+    const { code: exit, report } = await w.setup();
+    expect(exit).toBe(1);
+    expect(report.federation.problem).toMatchObject({ ...(code ? { code } : {}), fix: expect.stringMatching(fix) });
+  });
+
+  it("IAM unreachable → ✗ could not be reached", async () => {
+    const w = await world();
+    await w.iam.refuseConnections();
+    const { code, report } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.federation.problem?.fix).toMatch(/could not be reached/);
+  });
+
+  it("--role-arn wins over the session; a role path survives into the subject and the --role-name", async () => {
+    const w = await world();
+    const arn = "arn:aws:iam::123456789012:role/service-role/my-fn-role";
+    const { report } = await w.setup(["--role-arn", arn]);
+    expect(report.role).toMatchObject({ arn, source: "--role-arn" });
+    expect(report.commands.createFederationPolicy).toContain(`"subject":"${arn}"`);
+    expect(report.commands.putRolePolicy).toContain("--role-name my-fn-role ");
+    expect(w.sts.calls.some((c) => c.action === "GetCallerIdentity")).toBe(false);
+  });
+
+  it("derives the role from an assumed-role session, and warns that the session ARN drops a path", async () => {
+    const w = await world({ sts: { roleArn: "arn:aws:iam::123456789012:role/service-role/fn" } });
+    const { report } = await w.setup();
+    expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/fn", source: "session", note: expect.stringMatching(/path.*--role-arn/) });
+  });
+
+  it("credentials of an IAM user → ✗ asks for --role-arn rather than guessing", async () => {
+    const w = await world({ sts: { callerArn: "arn:aws:iam::123456789012:user/alice" } });
+    const { code, report, text } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.role).toMatchObject({ arn: null, note: expect.stringMatching(/user\/alice.*--role-arn/) });
+    expect(report.commands.createFederationPolicy).toContain('"subject":"<ROLE_ARN>"');
+    expect(text).toContain("✗ Execution role: unknown");
+  });
+
+  it("an IAM Identity Center session is never taken for the function's role", async () => {
+    const w = await world({ sts: { callerArn: "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_AdministratorAccess_0123abcd/alice@example.com" } });
+    const { code, report } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.role).toMatchObject({ arn: null, note: expect.stringMatching(/IAM Identity Center session.*--role-arn/) });
+  });
+
+  it("GetCallerIdentity failing → ✗ with the reason", async () => {
+    const w = await world();
+    w.sts.setFault({ kind: "error", code: "ExpiredToken", status: 403, message: "The security token included in the request is expired" });
+    const { code, report } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.role.problem).toMatchObject({ code: "ExpiredToken" });
+  });
+
+  it("prints how to find the numeric service principal ID from DATABRICKS_CLIENT_ID", async () => {
+    const w = await world();
+    const { report, text } = await w.setup();
+    expect(report.commands.findServicePrincipal).toBe(`databricks account service-principals list --filter 'applicationId eq "${CLIENT_ID}"'`);
+    expect(report.commands.createFederationPolicy).toMatch(/^databricks account service-principal-federation-policy create <SERVICE_PRINCIPAL_ID> --json '/);
+    expect(text).toContain(report.commands.findServicePrincipal!);
+  });
+
+  it.each([
+    [["setup", "--service-principal-id", CLIENT_ID], /--service-principal-id must be the service principal's numeric ID/],
+    [["setup", "--role-arn", "arn:aws:sts::123456789012:assumed-role/x/y"], /--role-arn must be an IAM role ARN/],
+    [["setup", "--duration-seconds", "30"], /--duration-seconds must be a whole number from 60 to 3600/],
+    [["setup", "--bogus"], /Unknown option '--bogus'/],
+    [["doctor", "--enable"], /--enable is a setup option/],
+    [["doctor", "extra"], /unexpected argument "extra"/],
+    [["frobnicate"], /unknown command "frobnicate"/],
+    [["setup", "--region", "mars"], /--region must be an AWS region/],
+  ])("usage error %j → exit 2 naming the option, no AWS call", async (argv, message) => {
+    const w = await world();
+    const { code, out, err } = await w.run(argv);
+    expect(code).toBe(2);
+    expect(out).toBe("");
+    expect(err).toMatch(message);
+    expect(err).toContain("Usage: databricks-token-broker");
+    expect(w.iam.calls).toHaveLength(0);
+    expect(w.sts.calls).toHaveLength(0);
+  });
+
+  it("a bad DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS is named as a usage error", async () => {
+    const w = await world();
+    const { code, err } = await w.run(["setup"], { DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "9999" });
+    expect(code).toBe(2);
+    expect(err).toMatch(/DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS must be a whole number from 60 to 3600/);
+  });
+
+  it("help, -h and no command print the usage and exit 0", async () => {
+    const w = await world();
+    for (const argv of [["help"], ["-h"], [], ["doctor", "--help"]]) {
+      const { code, out } = await w.run(argv);
+      expect(code).toBe(0);
+      expect(out).toMatch(/^Usage: databricks-token-broker <command>/);
+    }
+  });
+});
+
+describe("doctor", () => {
+  it("passes every step on a working set-up, without printing a token", async () => {
+    const w = await world();
+    const d = await w.doctor();
+    expect(d.code, d.text).toBe(0);
+    expect(statuses(d.checks)).toEqual({
+      configuration: "pass",
+      federation: "pass",
+      sts: "pass",
+      "claims.iss": "pass",
+      "claims.aud": "pass",
+      "claims.sub": "pass",
+      "claims.exp": "pass",
+      "exchange[default]": "pass",
+      "api[default]": "pass",
+    });
+    expect(step(d.checks, "claims.iss").detail).toContain(w.sts.issuer);
+    expect(step(d.checks, "claims.sub").detail).toContain(w.sts.settings.roleArn);
+    expect(step(d.checks, "api").detail).toContain(`as ${CLIENT_ID}`);
+    expect(d.text).toMatch(/^databricks-token-broker doctor\n✓ configuration: /);
+    expect(d.text).toContain("✓ every step passed");
+    // The token is named by its fingerprint only.
+    expect(step(d.checks, "exchange").detail).toMatch(/sha256 [0-9a-f]{8}/);
+    expect(w.db.apiCalls).toHaveLength(2);
+  });
+
+  it("checks every target, each with a JWT of its own", async () => {
+    const w = await world();
+    w.env.DATABRICKS_TOKEN_BROKER_TARGETS = JSON.stringify({ second: { host: w.db.url, client_id: CLIENT_ID } });
+    const d = await w.doctor();
+    expect(d.ok, d.text).toBe(true);
+    expect(statuses(d.checks)).toMatchObject({ "exchange[default]": "pass", "exchange[second]": "pass", "api[second]": "pass" });
+    const jtis = w.db.exchanges.map((e) => e.claims?.jti);
+    expect(new Set(jtis).size).toBe(jtis.length);
+  });
+
+  describe("configuration", () => {
+    it("a bad configuration → ✗ naming every variable; nothing else runs", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_HOST: undefined, DATABRICKS_TOKEN_BROKER_PORT: "9001", AWS_REGION: undefined });
+      expect(d.code).toBe(1);
+      const c = step(d.checks, "configuration");
+      expect(c).toMatchObject({ status: "fail", fix: expect.stringMatching(/environment variables/) });
+      expect(c.detail).toMatch(/DATABRICKS_HOST: is required/);
+      expect(c.detail).toMatch(/DATABRICKS_TOKEN_BROKER_PORT: 9001/);
+      expect(c.detail).toMatch(/AWS_REGION: is required/);
+      expect(d.checks.filter((x) => x.step !== "configuration").every((x) => x.status === "skip")).toBe(true);
+      expect(w.sts.calls).toHaveLength(0);
+      expect(w.iam.calls).toHaveLength(0);
+    });
+
+    it("--region stands in for AWS_REGION", async () => {
+      const w = await world();
+      const d = await w.doctor({ AWS_REGION: undefined }, ["--region", "us-east-1"]);
+      expect(d.ok, d.text).toBe(true);
+    });
+
+    it("the switch off → ! warns that the extension would idle, and checks the chain anyway", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_ENABLED: undefined });
+      expect(d.code).toBe(0);
+      expect(d.checks.find((c) => c.step === "configuration" && c.status === "warn")).toMatchObject({ fix: "set DATABRICKS_TOKEN_BROKER_ENABLED=true on the function" });
+      expect(d.text).toContain("! configuration: DATABRICKS_TOKEN_BROKER_ENABLED is not set");
+    });
+  });
+
+  describe("AWS side", () => {
+    it("federation disabled → ✗ federation with the enable command, and ✗ sts with the same fix", async () => {
+      const w = await world({ iam: { enabled: false } });
+      const d = await w.doctor();
+      expect(d.code).toBe(1);
+      expect(step(d.checks, "federation")).toMatchObject({ status: "fail", fix: expect.stringMatching(/setup --enable/) });
+      expect(step(d.checks, "sts")).toMatchObject({ status: "fail", detail: expect.stringMatching(/^OutboundWebIdentityFederationDisabled: /), fix: expect.stringMatching(/enable-outbound-web-identity-federation/) });
+      expect(step(d.checks, "exchange").status).toBe("skip");
+    });
+
+    it("federation reported as JwtVendingEnabled=false → ✗ federation", async () => {
+      const w = await world({ iam: { enabled: false, disabledAnswer: "JwtVendingEnabled=false" } });
+      const d = await w.doctor();
+      expect(step(d.checks, "federation").status).toBe("fail");
+    });
+
+    it("IAM not readable (as in Lambda) → - skipped, not a failure; the issuer comes from the token", async () => {
+      const w = await world({ iam: { denied: [GET_INFO] } });
+      const d = await w.doctor();
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "federation")).toMatchObject({ status: "skip", detail: expect.stringMatching(/AccessDenied/) });
+      expect(step(d.checks, "claims.iss").detail).not.toMatch(/this account's issuer URL/);
+    });
+
+    it("IAM failing otherwise → ! warning with its fix, the rest still runs", async () => {
+      const w = await world();
+      w.iam.setFault({ kind: "error", code: "ServiceFailure", status: 500 });
+      const d = await w.doctor();
+      expect(d.ok).toBe(true);
+      expect(step(d.checks, "federation")).toMatchObject({ status: "warn", fix: expect.stringMatching(/try again/) });
+    });
+
+    it.each([
+      ["audience", { audiences: ["someone-else"] }],
+      ["duration", { maxDurationSeconds: 60 }],
+    ])("the role may not sign for this %s → ✗ sts AccessDenied, with the policy to attach", async (_name, allow) => {
+      const w = await world({ sts: { allow } });
+      const d = await w.doctor();
+      const c = step(d.checks, "sts");
+      expect(c).toMatchObject({ status: "fail", detail: expect.stringMatching(/^AccessDenied: /) });
+      expect(c.fix).toMatch(/sts:IdentityTokenAudience/);
+      expect(c.fix).toContain('"sts:IdentityTokenAudience":"databricks"');
+      expect(c.fix).toContain('"sts:DurationSeconds":300');
+      expect(statuses(d.checks)).toMatchObject({ "claims.iss": "skip", exchange: "skip", api: "skip" });
+    });
+
+    it("the role session ends before the JWT would → STS asked for less; ✓ with a note", async () => {
+      const w = await world({ sts: { sessionExpiresAt: Date.now() + 200_000 } });
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "60", DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "60" });
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "claims.exp").detail).toMatch(/asked for 300 s: the role session ends sooner/);
+    });
+
+    it("the role session ending within a minute → ✗ sts SessionDurationEscalation", async () => {
+      const w = await world({ sts: { sessionExpiresAt: Date.now() + 30_000 } });
+      const d = await w.doctor();
+      expect(step(d.checks, "sts")).toMatchObject({ status: "fail", detail: expect.stringMatching(/^SessionDurationEscalation: /) });
+    });
+
+    it.each([
+      ["throttling", { kind: "error", code: "Throttling", status: 400 }, /^Throttling: /],
+      ["a 5xx", { kind: "error", code: "InternalFailure", status: 500 }, /^InternalFailure: /],
+      ["a reset connection", { kind: "reset" }, /could not be reached|could not be used/],
+      ["a truncated answer", { kind: "drop" }, /could not be/],
+      ["an HTML page", { kind: "raw", status: 503, body: "<html>Service Unavailable</html>" }, /./],
+    ] as const)("STS answering %s → ✗ sts with a fix", async (_name, fault, detail) => {
+      const w = await world();
+      w.sts.setFault(fault);
+      const d = await w.doctor();
+      const c = step(d.checks, "sts");
+      expect(c.status).toBe("fail");
+      expect(c.detail).toMatch(detail);
+      expect(c.fix).toBeTruthy();
+    });
+
+    it("STS unreachable → ✗ sts naming the network", async () => {
+      const w = await world();
+      await w.sts.refuseConnections();
+      const d = await w.doctor();
+      expect(step(d.checks, "sts")).toMatchObject({ status: "fail", fix: expect.stringMatching(/network|route/) });
+    });
+
+    it("expired credentials → ✗ sts saying so, not blaming the audience", async () => {
+      const w = await world();
+      w.sts.setFault({ kind: "error", code: "ExpiredToken", status: 403, message: "The security token included in the request is expired" });
+      const d = await w.doctor();
+      expect(step(d.checks, "sts")).toMatchObject({ status: "fail", fix: expect.stringMatching(/credentials are expired or invalid/) });
+    });
+  });
+
+  describe("claims", () => {
+    it("credentials of another role than --role-arn → ✗ claims.sub: run as the function's role", async () => {
+      const w = await world();
+      const d = await w.doctor({}, ["--role-arn", "arn:aws:iam::123456789012:role/the-function-role"]);
+      expect(step(d.checks, "claims.sub")).toMatchObject({ status: "fail", fix: expect.stringMatching(/not a session of arn:aws:iam::123456789012:role\/the-function-role/) });
+    });
+
+    it("credentials of an IAM user → ! claims.sub: in Lambda the subject is the execution role", async () => {
+      const w = await world({ sts: { callerArn: "arn:aws:iam::123456789012:user/alice" } });
+      const d = await w.doctor();
+      expect(step(d.checks, "claims.sub")).toMatchObject({ status: "warn", detail: expect.stringMatching(/user\/alice.*execution role/) });
+    });
+
+    it("with someone else's credentials a refused subject says to run as the role first, not to change the policy", async () => {
+      const w = await world({ sts: { callerArn: "arn:aws:iam::123456789012:user/alice" } });
+      w.db.settings.policy = { ...w.db.settings.policy, subject: "arn:aws:iam::123456789012:role/the-function-role" };
+      const d = await w.doctor();
+      expect(step(d.checks, "claims.sub").status).toBe("warn");
+      expect(step(d.checks, "exchange").fix).toMatch(/^first run the doctor with the execution role's credentials \(see claims.sub\)/);
+    });
+
+    it("GetCallerIdentity failing → ! claims.sub, the chain still runs", async () => {
+      const w = await world();
+      // The broker's call comes first and passes; the caller lookup gets the fault.
+      w.sts.addFault({ kind: "delay", ms: 0 });
+      w.sts.addFault({ kind: "error", code: "InternalFailure", status: 500 });
+      const d = await w.doctor();
+      expect(step(d.checks, "claims.sub")).toMatchObject({ status: "warn", detail: expect.stringMatching(/could not be read \(InternalFailure/) });
+      expect(step(d.checks, "exchange").status).toBe("pass");
+    });
+
+    it("a role with a path: the token's full ARN matches the session's role → ✓", async () => {
+      const roleArn = "arn:aws:iam::123456789012:role/service-role/fn";
+      const w = await world({ sts: { roleArn } });
+      const d = await w.doctor();
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "claims.sub").detail).toContain(`sub ${roleArn} (the role's full ARN, with its path)`);
+    });
+
+    it("an issuer other than the account's → ✗ claims.iss", async () => {
+      const w = await world({ iam: { issuer: "https://0000.tokens.sts.global.api.aws" } });
+      const d = await w.doctor();
+      expect(step(d.checks, "claims.iss")).toMatchObject({ status: "fail", detail: expect.stringMatching(/is not this account's issuer URL https:\/\/0000/) });
+    });
+
+    it("a JWT that outlives the minimum TTL by too little → ✗ claims.exp, and ✗ exchange: the token could never be served", async () => {
+      const w = await world({ db: { lifetime: "fixed" } });
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "100", DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "120" });
+      expect(step(d.checks, "claims.exp")).toMatchObject({ status: "fail", fix: expect.stringMatching(/raise DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS/) });
+      expect(step(d.checks, "exchange")).toMatchObject({ status: "fail", detail: expect.stringMatching(/could never serve it/) });
+    });
+  });
+
+  describe("exchange", () => {
+    const policyCases: [string, (w: World) => void, RegExp][] = [
+      ["issuer", (w) => (w.db.settings.policy.issuer = "https://elsewhere.example"), /issuer does not match: the policy's issuer must be the account's outbound-federation issuer URL, "http:\/\/127\.0\.0\.1:\d+"/],
+      ["audiences", (w) => (w.db.settings.policy.audiences = ["not-databricks"]), /audience does not match: the policy's audiences must include DATABRICKS_TOKEN_BROKER_AUDIENCE, "databricks"/],
+      ["subject", (w) => (w.db.settings.policy.subject = "arn:aws:iam::123456789012:role/other"), /subject does not match: the policy's subject must be the execution role's ARN, "arn:aws:iam::123456789012:role\/broker-test"; set it on the federation policy of service principal/],
+    ];
+    it.each(policyCases)("the federation policy's %s differs → ✗ invalid_grant naming that setting and the value to set", async (_field, mutate, fix) => {
+      const w = await world();
+      mutate(w);
+      const d = await w.doctor();
+      expect(d.code).toBe(1);
+      // The claims are what they should be; the policy is what is wrong.
+      expect(statuses(d.checks)).toMatchObject({ "claims.iss": "pass", "claims.aud": "pass", "claims.sub": "pass", "exchange[default]": "fail", "api[default]": "skip" });
+      const c = step(d.checks, "exchange");
+      expect(c.detail).toMatch(/^invalid_grant: /);
+      expect(c.fix).toMatch(fix);
+    });
+
+    it("an algorithm Databricks does not take → ✗ invalid_grant pointing at DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: "ES384" });
+      expect(step(d.checks, "exchange").fix).toMatch(/DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM=RS256/);
+    });
+
+    it("keys rotated away under a cached key set → ✗ invalid_grant about the signature", async () => {
+      const w = await world();
+      expect((await w.doctor()).ok).toBe(true);
+      await w.sts.rotateKeys(false);
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange")).toMatchObject({ status: "fail", fix: expect.stringMatching(/algorithm or signature/) });
+    });
+
+    it("Databricks' clock past the JWT → ✗ invalid_grant about expiry and clocks", async () => {
+      const w = await world({ db: { now: () => Date.now() + 3_600_000 } });
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange").fix).toMatch(/clock/);
+    });
+
+    it.each([
+      ["a wrong DATABRICKS_CLIENT_ID", { DATABRICKS_CLIENT_ID: "00000000-0000-0000-0000-000000000000" }, /DATABRICKS_CLIENT_ID "00000000-.*" is not the application ID/],
+      ["no DATABRICKS_CLIENT_ID for a service-principal policy", { DATABRICKS_CLIENT_ID: undefined }, /set DATABRICKS_CLIENT_ID to its application ID/],
+    ])("%s → ✗ invalid_client naming DATABRICKS_CLIENT_ID", async (_name, env, fix) => {
+      const w = await world();
+      const d = await w.doctor(env);
+      const c = step(d.checks, "exchange");
+      expect(c.detail).toMatch(/^invalid_client: /);
+      expect(c.fix).toMatch(fix);
+    });
+
+    it("a client ID against an account-wide policy → ✗ invalid_client", async () => {
+      const w = await world();
+      w.db.settings.policy = { ...w.db.settings.policy, servicePrincipalId: undefined };
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange").detail).toMatch(/^invalid_client: /);
+    });
+
+    it("a scope Databricks does not grant → ✗ invalid_scope naming DATABRICKS_TOKEN_BROKER_SCOPE", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_SCOPE: "everything" });
+      expect(step(d.checks, "exchange")).toMatchObject({ detail: expect.stringMatching(/^invalid_scope: /), fix: expect.stringMatching(/DATABRICKS_TOKEN_BROKER_SCOPE/) });
+    });
+
+    it("a wrong account ID on an account token endpoint → ✗ invalid_request naming DATABRICKS_ACCOUNT_ID", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: w.db.accountTokenEndpoint("no-such-account") });
+      expect(step(d.checks, "exchange")).toMatchObject({ detail: expect.stringMatching(/^invalid_request: /), fix: expect.stringMatching(/DATABRICKS_ACCOUNT_ID/) });
+    });
+
+    it("a token too short-lived for the minimum TTL → ✗ exchange", async () => {
+      const w = await world({ db: { lifetime: "fixed", expiresIn: 60 } });
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange")).toMatchObject({ status: "fail", fix: expect.stringMatching(/lower DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS/) });
+    });
+
+    it.each([
+      ["a 5xx", { kind: "error", status: 503, error: "temporarily_unavailable" }, /^temporarily_unavailable: /],
+      ["rate limiting", { kind: "error", status: 429, error: "rate_limited" }, /^rate_limited: /],
+      ["a reset connection", { kind: "reset" }, /could not be reached/],
+      ["a truncated answer", { kind: "drop" }, /could not be reached|answered 200 but/],
+      ["an HTML page", { kind: "raw", status: 502, body: "<html><h1>502 Bad Gateway</h1></html>" }, /^HTTP 502: .*502 Bad Gateway/],
+      ["no access_token", { kind: "patch", fields: { access_token: undefined } }, /without a usable access_token/],
+      ["a non-Bearer token type", { kind: "patch", fields: { token_type: "mac" } }, /not Bearer/],
+      ["no expires_in", { kind: "patch", fields: { expires_in: undefined } }, /expires_in/],
+    ] as const)("Databricks answering %s → ✗ exchange with a fix", async (_name, fault, detail) => {
+      const w = await world();
+      w.db.setFault(fault);
+      const d = await w.doctor();
+      const c = step(d.checks, "exchange");
+      expect(c.status).toBe("fail");
+      expect(c.detail).toMatch(detail);
+      expect(c.fix).toBeTruthy();
+    });
+
+    it("Databricks unreachable → ✗ exchange naming the network", async () => {
+      const w = await world();
+      await w.db.refuseConnections();
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange")).toMatchObject({ status: "fail", fix: expect.stringMatching(/network/) });
+    });
+  });
+
+  describe("the authenticated call", () => {
+    it("a token the workspace does not accept → ✗ api with the workspace-assignment fix", async () => {
+      const w = await world();
+      w.db.setFault({ kind: "patch", fields: { access_token: "dapi0000000000000000000000000000000000" } });
+      const d = await w.doctor();
+      expect(step(d.checks, "exchange").status).toBe("pass");
+      expect(step(d.checks, "api")).toMatchObject({ status: "fail", detail: expect.stringMatching(/→ 403: Invalid access token/), fix: expect.stringMatching(/assign the service principal to this workspace/) });
+    });
+
+    it("an accounts host → - skipped: no workspace API", async () => {
+      const w = await world();
+      const d = await w.doctor({
+        DATABRICKS_HOST: "https://accounts.cloud.databricks.com",
+        DATABRICKS_ACCOUNT_ID: w.db.settings.accountId,
+        DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: w.db.accountTokenEndpoint(),
+      });
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "api")).toMatchObject({ status: "skip", detail: expect.stringMatching(/accounts host/) });
+    });
+  });
+});
+
+describe("the built command", () => {
+  const exec = promisify(execFile);
+  const spawnCli = async (args: string[], env: Record<string, string | undefined>) => {
+    try {
+      const { stdout, stderr } = await exec(process.execPath, [CLI, ...args], { env: env as NodeJS.ProcessEnv, timeout: 20_000 });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+
+  it("runs doctor and setup from dist/layer like a user does, reaching AWS through the SDK's endpoint variables", async () => {
+    const w = await world();
+    const env = {
+      PATH: process.env.PATH,
+      HOME: "/nonexistent",
+      ...w.env,
+      AWS_ENDPOINT_URL_STS: w.sts.url,
+      AWS_ENDPOINT_URL_IAM: w.iam.url,
+      AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+      AWS_SESSION_TOKEN: CREDENTIALS.sessionToken,
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const doctor = await spawnCli(["doctor", "--json"], env);
+    expect(doctor.code, doctor.stderr).toBe(0);
+    expect((JSON.parse(doctor.stdout) as { ok: boolean }).ok).toBe(true);
+    const setup = await spawnCli(["setup", "--json"], env);
+    expect(setup.code, setup.stderr).toBe(0);
+    expect((JSON.parse(setup.stdout) as SetupJson).federation.issuer).toBe(w.sts.issuer);
+
+    w.db.settings.policy = { ...w.db.settings.policy, subject: "arn:aws:iam::123456789012:role/other" };
+    const failing = await spawnCli(["doctor"], env);
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toMatch(/✗ exchange \[default\]: invalid_grant/);
+    expectNoSecrets(w, doctor.stdout, doctor.stderr, setup.stdout, setup.stderr, failing.stdout, failing.stderr);
+
+    const usage = await spawnCli(["--nope"], env);
+    expect(usage.code).toBe(2);
+  });
+});
