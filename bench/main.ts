@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { CLIENT_ID, freePort, SESSION_TOKEN } from "../test/stack.js";
+import { CLIENT_ID, freePort } from "../test/stack.js";
 import { startDatabricks, type DatabricksStandIn } from "../test/standins/databricks.js";
 import { type LambdaEmulator, startLambda } from "../test/standins/lambda.js";
 import { startSts, type StsStandIn } from "../test/standins/sts.js";
@@ -26,6 +26,11 @@ const LAUNCHER = join(LAYER_DIR, "extensions", "databricks-token-broker");
 /** Upstream delays of issue 5 §3–§5: STS answers in 50 ms, the exchange in 80 ms. */
 const STS_DELAY_MS = 50;
 const EXCHANGE_DELAY_MS = 80;
+/**
+ * The function's session token, as long as Lambda's are (about a kilobyte): the broker hashes
+ * the one every request carries, so a short test value would flatter the serving figures.
+ */
+const SESSION_TOKEN = `IQoJb3JpZ2luX2VjE${"Pp7vXq3LmZ0aWRlbnRpdHk/RmVkZXJhdGlvbitCZW5jaA==".repeat(22)}`.slice(0, 1000);
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const only = args.get("only")?.split(",");
@@ -98,10 +103,10 @@ interface Broker {
   spawnedEpochMs: number;
 }
 
-async function startBroker(env: Record<string, string | undefined> = {}, command = LAUNCHER): Promise<Broker> {
+async function startBroker(env: Record<string, string | undefined> = {}): Promise<Broker> {
   const port = await freePort();
   const lambda = await startLambda({
-    command,
+    command: LAUNCHER,
     extensionName: "databricks-token-broker",
     env: {
       DATABRICKS_TOKEN_BROKER_ENABLED: "true",
@@ -205,7 +210,7 @@ async function serving(): Promise<void> {
   const bare = await startBareServer(body);
   const headers = { "x-aws-session-token": SESSION_TOKEN };
   const connections = 10;
-  const durationSeconds = quick ? 3 : 5;
+  const durationSeconds = quick ? 3 : 4;
   const jobFor = (url: string, d = durationSeconds): LoadJob => ({ url, headers, connections, durationSeconds: d });
   const brokerUrl = `${b.base}/token`;
   const bareUrl = `http://127.0.0.1:${bare.port}/token`;
@@ -215,7 +220,7 @@ async function serving(): Promise<void> {
     await runLoad(jobFor(bareUrl, 1));
     const runs: { broker: LoadResult; bare: LoadResult }[] = [];
     // Alternating rounds, so drift in the machine's load falls on both alike.
-    for (let i = 0; i < (quick ? 1 : 3); i++) {
+    for (let i = 0; i < (quick ? 1 : 5); i++) {
       const bareRun = await runLoad(jobFor(bareUrl));
       const brokerRun = await runLoad(jobFor(brokerUrl));
       if (brokerRun.non2xx || brokerRun.errors) throw new Error(`broker load run: ${brokerRun.non2xx} non-2xx, ${brokerRun.errors} errors`);
@@ -233,7 +238,7 @@ async function serving(): Promise<void> {
     figure({ section, name: "p99 latency", broker: ms(p99), baseline: ms(bareP99), ratio: ratio(p99, bareP99), goal: "≤ 2.00×", met: p99 / bareP99 <= 2 });
     figure({ section, name: "p50 latency", broker: ms(p50), baseline: ms(bareP50), ratio: ratio(p50, bareP50), goal: "—", met: undefined });
     notes.push(
-      `Serving: ${connections} connections, ${durationSeconds} s per run, pipelining 1, same request headers to both; ${runs.length} alternating rounds after a 1 s untimed run each, medians shown. Answer: ${Buffer.byteLength(body)} bytes of JSON.`,
+      `Serving: ${connections} connections, ${durationSeconds} s per run, pipelining 1, same request headers to both; ${runs.length} alternating rounds after a 1 s untimed run each, medians shown. Answer: ${Buffer.byteLength(body)} bytes of JSON; the session token sent is ${SESSION_TOKEN.length} characters, as long as Lambda's.`,
     );
   } finally {
     bare.child.kill();
@@ -455,7 +460,7 @@ async function environment(withBroker: boolean, warm: number): Promise<{ cold: n
 async function inFunction(): Promise<void> {
   log("4. Against doing it in the function (cold and warm invokes)");
   const envs = reps(6);
-  const warmPerEnv = 9;
+  const warmPerEnv = Number(args.get("warm") ?? 9);
   const runs = { with: { cold: [] as number[], warm: [] as number[], warmToken: [] as number[] }, without: { cold: [] as number[], warm: [] as number[], warmToken: [] as number[] } };
   setDelays(true);
   try {

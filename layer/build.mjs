@@ -2,8 +2,8 @@
 //   extensions/databricks-token-broker   the launcher (mode 0755; its name is the extension's)
 //   databricks-token-broker/index.mjs    the esbuild bundle, self-contained
 //   databricks-token-broker/cli.mjs      the `setup`/`doctor` command, bundled apart
-import { chmod, copyFile, mkdir, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { chmod, copyFile, mkdir, rename, rm, stat } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { ARCHES, NODE_VERSION, nodeFor } from "./node-runtime.mjs";
@@ -32,15 +32,18 @@ const notBundled = {
 
 /** Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes. */
 export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
-  await rm(outDir, { recursive: true, force: true });
-  await mkdir(join(outDir, "extensions"), { recursive: true });
-  const launcher = join(outDir, "extensions", EXTENSION_NAME);
+  outDir = resolve(outDir);
+  // Built beside the tree it replaces and swapped in at the end (see swapIn).
+  const tree = `${outDir}.staging-${process.pid}`;
+  await rm(tree, { recursive: true, force: true });
+  await mkdir(join(tree, "extensions"), { recursive: true });
+  const launcher = join(tree, "extensions", EXTENSION_NAME);
   await copyFile(join(ROOT, "layer", "extensions", EXTENSION_NAME), launcher);
   await chmod(launcher, 0o755);
-  const outfile = join(outDir, EXTENSION_NAME, "index.mjs");
+  const outfile = join(tree, EXTENSION_NAME, "index.mjs");
   await build({
     entryPoints: { index: join(ROOT, "extension", "main.ts") },
-    outdir: join(outDir, EXTENSION_NAME),
+    outdir: join(tree, EXTENSION_NAME),
     outExtension: { ".js": ".mjs" },
     // What is only imported dynamically (the AWS SDK, see src/sts.ts) goes to chunks loaded
     // when first needed, so start-up parses only what registering takes.
@@ -64,7 +67,7 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   });
   // The `setup`/`doctor` command: a bundle of its own, so the extension's start-up never
   // loads the IAM client; executable, as package.json's `bin` points at it.
-  const cli = join(outDir, EXTENSION_NAME, "cli.mjs");
+  const cli = join(tree, EXTENSION_NAME, "cli.mjs");
   await build({
     entryPoints: [join(ROOT, "extension", "cli.ts")],
     outfile: cli,
@@ -78,7 +81,36 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     banner: { js: "#!/usr/bin/env node\nimport { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
   });
   await chmod(cli, 0o755);
-  return (await stat(outfile)).size;
+  const size = (await stat(outfile)).size;
+  await swapIn(tree, outDir);
+  return size;
+}
+
+/**
+ * Moves `tree` to `outDir` with renames, so that the layer is never missing or half-written:
+ * extensions started from it (by a test run alongside) load chunks of the bundle after they
+ * start, and a rebuild must not pull the directory from under them. Concurrent builds each
+ * land whole; the last one stays.
+ */
+async function swapIn(tree, outDir) {
+  const old = [];
+  for (let attempt = 0; ; attempt++) {
+    const aside = `${outDir}.old-${process.pid}-${attempt}`;
+    try {
+      await rename(outDir, aside);
+      old.push(aside);
+    } catch (err) {
+      if (err.code !== "ENOENT") throw err;
+    }
+    try {
+      await rename(tree, outDir);
+      break;
+    } catch (err) {
+      // Another build put its tree there between the two renames: move that one aside too.
+      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+    }
+  }
+  await Promise.all(old.map((d) => rm(d, { recursive: true, force: true })));
 }
 
 /** The zips `buildAll` writes into dist/, in order; template.yaml names each. */

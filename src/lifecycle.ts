@@ -12,7 +12,7 @@ import { BrokerError, isBrokerError } from "./errors.js";
 import type { FetchLike } from "./exchange.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import type { Logger } from "./log.js";
-import type { StsLike } from "./sts.js";
+import { preloadSdk, type StsLike } from "./sts.js";
 
 /** The extension's name: the file name of its executable under /opt/extensions (SPEC §1). */
 export const EXTENSION_NAME = "databricks-token-broker";
@@ -101,6 +101,8 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     node: process.version,
   });
   if (!snapStart) cache.refreshDue();
+  // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
+  else preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;
 
   for (;;) {

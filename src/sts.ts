@@ -74,6 +74,15 @@ export function createDeferredStsClient(region: string): StsLike {
   };
 }
 
+/**
+ * Loads what `createDeferredStsClient` and the source would load at the first call, and nothing
+ * more. For SnapStart: the snapshot then holds the SDK, and a restored environment does not pay
+ * for loading it when its first token is asked for.
+ */
+export async function preloadSdk(): Promise<void> {
+  await Promise.all([loadSdk(), import("./sts-client.js")]);
+}
+
 /** AWS error codes as the SDK names them, without the `Exception` suffix some models add. */
 function upstreamCodeOf(err: unknown): string {
   const e = err as { name?: unknown; Code?: unknown; code?: unknown };
