@@ -30,6 +30,20 @@ const notBundled = {
   },
 };
 
+/** esbuild options both bundles share. */
+const COMMON = {
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  // Lambda's oldest supported Node.js runtime line.
+  target: "node20",
+  minify: true,
+  legalComments: "linked",
+  logLevel: "warning",
+};
+/** Bundled CommonJS dependencies (the AWS SDK) call require() for Node built-ins, which an ES module does not have. */
+const REQUIRE_SHIM = "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);";
+
 /** Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes. */
 export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   outDir = resolve(outDir);
@@ -53,17 +67,8 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
     mainFields: ["module", "main"],
     plugins: [notBundled],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    // Lambda's oldest supported Node.js runtime line.
-    target: "node20",
-    minify: true,
-    legalComments: "linked",
-    logLevel: "warning",
-    // Bundled CommonJS dependencies (the AWS SDK) call require() for Node built-ins,
-    // which an ES module does not have.
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+    ...COMMON,
+    banner: { js: REQUIRE_SHIM },
   });
   // The `setup`/`doctor` command: a bundle of its own, so the extension's start-up never
   // loads the IAM client; executable, as package.json's `bin` points at it.
@@ -71,14 +76,8 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   await build({
     entryPoints: [join(ROOT, "extension", "cli.ts")],
     outfile: cli,
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    minify: true,
-    legalComments: "linked",
-    logLevel: "warning",
-    banner: { js: "#!/usr/bin/env node\nimport { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+    ...COMMON,
+    banner: { js: `#!/usr/bin/env node\n${REQUIRE_SHIM}` },
   });
   await chmod(cli, 0o755);
   const size = (await stat(outfile)).size;
