@@ -5,7 +5,7 @@
 // (409), which the client turns into FeatureDisabledException / FeatureEnabledException.
 // Linked to the STS stand-in, it shares its enabled switch and reports its issuer.
 import { randomUUID } from "node:crypto";
-import { FaultPlan, listenLoopback, playTransportFault, readBody, sleep, type Handler, type StsStandIn, type TransportFault } from "./sts.js";
+import { type AwsFault, FaultPlan, listenLoopback, playAwsFault, readBody, type Handler, type StsStandIn } from "./sts.js";
 
 const XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/";
 const API_VERSION = "2010-05-08";
@@ -34,9 +34,7 @@ export interface IamOptions extends Partial<IamSettings> {
   sts?: StsStandIn;
 }
 
-export type IamFault =
-  | TransportFault
-  | { kind: "error"; code: string; status: number; message?: string; type?: "Sender" | "Receiver"; delayMs?: number };
+export type IamFault = AwsFault;
 
 export interface IamCall {
   time: number;
@@ -120,20 +118,8 @@ export async function startIam(options: IamOptions = {}): Promise<IamStandIn> {
           `</${action}Result><ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata></${action}Response>`,
       );
 
-    const fault = faults.take();
-    if (fault?.kind === "delay") await sleep(fault.ms);
-    else if (fault) {
-      call.fault = fault.kind;
-      if (fault.kind === "error") {
-        if (fault.delayMs) await sleep(fault.delayMs);
-        return fail(fault.status, fault.code, fault.message ?? `Injected ${fault.code}`, fault.type);
-      }
-      call.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" ? (fault.status ?? 200) : 0;
-      return playTransportFault(res, fault, {
-        contentType: "text/xml",
-        body: `<${GET_INFO}Response xmlns="${XMLNS}"><${GET_INFO}Result><IssuerIdentifier>${settings.issuer}</IssuerIdentifier></${GET_INFO}Result></${GET_INFO}Response>`,
-      });
-    }
+    const cutShort = `<${GET_INFO}Response xmlns="${XMLNS}"><${GET_INFO}Result><IssuerIdentifier>${settings.issuer}</IssuerIdentifier></${GET_INFO}Result></${GET_INFO}Response>`;
+    if (await playAwsFault(faults.take(), call, res, fail, cutShort)) return;
 
     if (req.method !== "POST" || url.pathname !== "/") return fail(404, "UnknownOperationException", `No operation at ${req.method} ${url.pathname}`);
     if (body === undefined) return fail(413, "RequestEntityTooLarge", "Request body is too large");

@@ -209,9 +209,39 @@ export interface StsOptions extends Partial<StsSettings> {
   now?: () => number;
 }
 
-export type StsFault =
+/** A fault an AWS query-protocol stand-in (STS, IAM) can play: a transport fault or an AWS error answer. */
+export type AwsFault =
   | TransportFault
   | { kind: "error"; code: string; status: number; message?: string; type?: "Sender" | "Receiver"; delayMs?: number };
+export type StsFault = AwsFault;
+
+/**
+ * Plays the next planned fault of an AWS stand-in. Returns true when the fault answered the
+ * request (an error, or a transport fault given `body` as the answer it cuts short), false
+ * when the request goes on (no fault, or only a delay).
+ */
+export async function playAwsFault(
+  fault: AwsFault | undefined,
+  call: { fault?: AwsFault["kind"]; status: number },
+  res: http.ServerResponse,
+  fail: (status: number, code: string, message: string, type?: "Sender" | "Receiver") => void,
+  body: string,
+): Promise<boolean> {
+  if (!fault) return false;
+  if (fault.kind === "delay") {
+    await sleep(fault.ms);
+    return false;
+  }
+  call.fault = fault.kind;
+  if (fault.kind === "error") {
+    if (fault.delayMs) await sleep(fault.delayMs);
+    fail(fault.status, fault.code, fault.message ?? `Injected ${fault.code}`, fault.type);
+    return true;
+  }
+  call.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" ? (fault.status ?? 200) : 0;
+  await playTransportFault(res, fault, { contentType: "text/xml", body });
+  return true;
+}
 
 export interface StsCall {
   time: number;
@@ -401,22 +431,10 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
       xmlError(status, code, message, type);
     };
 
-    const fault = faults.take();
-    if (fault?.kind === "delay") await sleep(fault.ms);
-    else if (fault) {
-      call.fault = fault.kind;
-      if (fault.kind === "error") {
-        if (fault.delayMs) await sleep(fault.delayMs);
-        return fail(fault.status, fault.code, fault.message ?? `Injected ${fault.code}`, fault.type);
-      }
-      call.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" ? (fault.status ?? 200) : 0;
-      return playTransportFault(res, fault, {
-        contentType: "text/xml",
-        body:
-          `<GetWebIdentityTokenResponse xmlns="${XMLNS}"><GetWebIdentityTokenResult><WebIdentityToken>` +
-          `eyJhbGciOiJSUzI1NiJ9.${"x".repeat(200)}</WebIdentityToken></GetWebIdentityTokenResult></GetWebIdentityTokenResponse>`,
-      });
-    }
+    const cutShort =
+      `<GetWebIdentityTokenResponse xmlns="${XMLNS}"><GetWebIdentityTokenResult><WebIdentityToken>` +
+      `eyJhbGciOiJSUzI1NiJ9.${"x".repeat(200)}</WebIdentityToken></GetWebIdentityTokenResult></GetWebIdentityTokenResponse>`;
+    if (await playAwsFault(faults.take(), call, res, fail, cutShort)) return;
 
     // SigV4: the signature itself is not checked, only that one is present and scoped to this endpoint.
     if (!auth && !params.has("X-Amz-Signature")) {
