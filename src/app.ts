@@ -1,13 +1,13 @@
 /**
  * The HTTP API of SPEC §5, as a fastify app built by a factory: tests call `app.inject()`
- * without a socket, `main` listens on loopback.
+ * without a socket; the extension hands it what src/listener.ts receives on loopback.
  */
 import * as crypto from "node:crypto";
-import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
 import { type Config, DEFAULT_TARGET, normalizeHost } from "./config.js";
 import { type BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
+import { answerClientError, answerConnect, MAX_HEADER_BYTES, REQUEST_TIMEOUT_MS } from "./listener.js";
 import { fingerprint, type Logger, redact } from "./log.js";
 import type { TokenCache } from "./token-cache.js";
 
@@ -30,10 +30,6 @@ const METADATA_VERSION = "1";
 const MAX_MIN_TTL = 3600;
 /** Requests carry no body; a small limit keeps a hostile client from costing memory. */
 const BODY_LIMIT = 1024;
-/** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
-const REQUEST_TIMEOUT_MS = 10_000;
-/** Header budget well above any real client, well below Node's 16 KiB default. */
-const MAX_HEADER_BYTES = 8 * 1024;
 const METHODS_NOT_GET = ["DELETE", "HEAD", "PATCH", "POST", "PUT", "OPTIONS"] as const;
 
 type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "token_unavailable" | "internal";
@@ -79,34 +75,6 @@ const noSchemas = () => () => {
   throw new Error("the broker's app declares no schemas: give buildApp real schema compilers before adding one");
 };
 
-/**
- * Answers what the HTTP parser refused before any route ran (broken framing, control
- * characters, headers over the limit, a request that never finished arriving) in the shape
- * and with the Cache-Control of every other answer; fastify's default answer has neither and
- * uses 408 and 431, which SPEC §5 does not list.
- */
-function answerClientError(err: Error & { code?: string }, socket: Socket): void {
-  if (err.code === "ECONNRESET" || socket.destroyed) return;
-  const why =
-    err.code === "HPE_HEADER_OVERFLOW"
-      ? `request headers over ${MAX_HEADER_BYTES} bytes`
-      : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
-        ? `request not received in full within ${REQUEST_TIMEOUT_MS} ms`
-        : `malformed HTTP request${err.code ? ` (${err.code})` : ""}`;
-  answerOnSocket(socket, "400 Bad Request", { error: "bad_request", message: why });
-}
-
-/** Writes one SPEC §5 error answer straight to a socket no route owns, and closes it. */
-function answerOnSocket(socket: Socket, status: string, body: { error: string; message: string }, extra = ""): void {
-  const text = JSON.stringify(body);
-  if (socket.writable) {
-    socket.write(
-      `HTTP/1.1 ${status}\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n${extra}Content-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
-    );
-  }
-  socket.destroy();
-}
-
 /** Builds the fastify app; no socket is opened until the caller listens. */
 export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
   const app = Fastify({
@@ -130,11 +98,10 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
       return fail(reply, "bad_request", err.message);
     },
   });
-  // Node answers an Expect other than 100-continue with its own 417, outside every route and
-  // without Cache-Control; RFC 9110 §10.1.1 lets a server ignore it, so it is routed as usual.
+  // What src/listener.ts does on the extension's sockets, for an app listening on its own
+  // server: an unknown Expect is routed as usual, CONNECT gets a 405 (see createServer there).
   app.server.on("checkExpectation", (req, res) => app.routing(req, res));
-  // The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close.
-  app.server.on("connect", (_req, socket: Socket) => answerOnSocket(socket, "405 Method Not Allowed", { error: "method_not_allowed", message: "CONNECT is not allowed; use GET" }, "Allow: GET\r\n"));
+  app.server.on("connect", answerConnect);
   const expectedSession = sessionToken ? digest(sessionToken) : undefined;
   const waitMs = config.waitSeconds * 1000;
 

@@ -4,13 +4,14 @@
  * event, and leave cleanly on SHUTDOWN. Everything it touches comes in as an argument;
  * only `extension/main.ts` touches `process`.
  */
-import type { AddressInfo } from "node:net";
-import { buildApp } from "./app.js";
+import type { FastifyInstance } from "fastify";
+import type { AppOptions } from "./app.js";
 import { createBroker } from "./broker.js";
-import { type Config, type LogLevel, isLoopbackHostname, isUnrecognisedSwitch, parseConfig } from "./config.js";
+import { type Config, type LogLevel, isUnrecognisedSwitch, parseConfig } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { FetchLike } from "./exchange.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
+import { type Listener, listenOnLoopback } from "./listener.js";
 import type { Logger } from "./log.js";
 import { preloadSdk, type StsLike } from "./sts.js";
 
@@ -26,6 +27,12 @@ export const REFRESH_SWEEP_MS = 1_000;
 const SHUTDOWN_MARGIN_MS = 300;
 /** Part of an INVOKE's deadline kept in hand for asking for the next event in time. */
 const INVOKE_MARGIN_MS = 300;
+/**
+ * The longest a request waits for the app to start loading when the prefetch's STS call has
+ * not come back: long enough to let a healthy STS answer first, short enough for a request
+ * that needs no token (/health, a refusal) not to wait on a hung one.
+ */
+const APP_LOAD_DEFER_MS = 100;
 
 export interface RunOptions {
   env: NodeJS.ProcessEnv;
@@ -67,7 +74,22 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
 
   const config = parsed.config;
   const log = makeLogger(config.logLevel);
-  const cache = createBroker(config, { sts: makeSts(config), fetch, log, now });
+  // The app is loaded once the prefetch's first STS call has come back (see `serve`).
+  let loadApp!: () => void;
+  const appWanted = new Promise<void>((r) => (loadApp = r));
+  const sts = makeSts(config);
+  const cache = createBroker(config, {
+    sts: {
+      send(command, options) {
+        const answer = sts.send(command, options);
+        answer.then(loadApp, loadApp);
+        return answer;
+      },
+    },
+    fetch,
+    log,
+    now,
+  });
   const snapStart = config.initializationType === "snap-start";
   if (snapStart) {
     cache.suspend(
@@ -78,16 +100,12 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
       }),
     );
   }
-  const app = buildApp({ config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now });
+  let listener: Listener;
   try {
-    // `localhost` makes fastify bind every loopback address it resolves to: 127.0.0.1, and ::1 where the host has it.
-    await app.listen({ host: "localhost", port: config.port });
-    const bound = app.addresses().filter((a): a is AddressInfo => typeof a !== "string");
-    const outside = bound.filter((a) => !isLoopbackHostname(a.address));
-    if (outside.length > 0) throw new Error(`localhost resolved to non-loopback ${outside.map((a) => a.address).join(", ")}`);
-    log.info("listening", { addresses: bound.map((a) => `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`) });
+    // A request should not wait long on a prefetch that waits on a slow or silent STS.
+    listener = await listenOnLoopback(config.port, () => setTimeout(loadApp, APP_LOAD_DEFER_MS).unref());
+    log.info("listening", { addresses: listener.addresses.map((a) => `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`) });
   } catch (err) {
-    await app.close().catch(() => {});
     const why = (err as { code?: string }).code === "EADDRINUSE" ? `port ${config.port} is in use; set DATABRICKS_TOKEN_BROKER_PORT to a free one` : (err as Error).message;
     log.error("cannot listen; failing the function's init", { error: why });
     return failInit(api, log, events, "Extension.ListenFailed", `${EXTENSION_NAME}: DATABRICKS_TOKEN_BROKER_PORT: ${why}`);
@@ -104,6 +122,11 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
   // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
   else preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;
+  // Nothing is fetched before a snapshot, so nothing would compete with loading the app; and
+  // the snapshot should hold it ready, as it holds the SDK. Elsewhere init need not wait for it.
+  if (snapStart) loadApp();
+  const app = serve(appWanted, listener, log, { config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now });
+  if (snapStart) await app;
 
   for (;;) {
     const event = await api.next();
@@ -111,8 +134,10 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
       clearInterval(sweep);
       const budget = Math.max(0, event.deadlineMs - now() - SHUTDOWN_MARGIN_MS);
       log.info("shutting down", { reason: event.shutdownReason, budgetMs: budget });
+      // Requests held for the app are answered before the exit, however early SHUTDOWN came.
+      loadApp();
       // Requests still waiting for a token must not hold the exit past the deadline.
-      await Promise.race([app.close(), new Promise((r) => setTimeout(r, budget).unref())]);
+      await Promise.race([stop(listener, app), new Promise((r) => setTimeout(r, budget).unref())]);
       return 0;
     }
     if (snapStart) cache.resume();
@@ -129,6 +154,47 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     await Promise.race([cache.settled(), deadline]);
     clearTimeout(timer);
   }
+}
+
+/**
+ * Loads fastify and builds the app once `wanted` resolves, then hands it the listener's
+ * requests, those held until then first. Loading fastify is most of what start-up would
+ * otherwise parse and run (about 30 ms): done before registering, it held the function's start
+ * up; done right after, it competed with the prefetch's loading of the AWS SDK and delayed the
+ * first token as much. Once the first STS call is back, the rest of the prefetch mostly waits
+ * on the network, and the app is ready well before the token it will serve.
+ * Resolves with the app, or undefined when it could not be built: every request is then
+ * answered 500 rather than left waiting, and the process lives on.
+ */
+async function serve(wanted: Promise<void>, listener: Listener, log: Logger, options: AppOptions): Promise<FastifyInstance | undefined> {
+  try {
+    await wanted;
+    const { buildApp } = await import("./app.js");
+    const app = buildApp(options);
+    await app.ready();
+    // fastify hands `routing` to its own server unbound, as a request listener, the same way.
+    listener.serve(app.routing);
+    return app;
+  } catch (err) {
+    log.error("could not build the HTTP app; answering every request 500", { error: err });
+    const body = JSON.stringify({ error: "internal", message: "internal error" });
+    listener.serve((_req, res) => {
+      res.writeHead(500, { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" }).end(body);
+    });
+    return undefined;
+  }
+}
+
+/**
+ * Stops listening at once, even with the app still being built; requests already taken are
+ * answered (by the app once ready) before the returned promise resolves.
+ */
+async function stop(listener: Listener, app: Promise<FastifyInstance | undefined>): Promise<void> {
+  const closed = listener.close();
+  await (await app)?.close();
+  // Requests held for the app were answered meanwhile: their connections need not hold the exit.
+  listener.closeIdle();
+  await closed;
 }
 
 /** Registers (the error call needs an identifier), reports the init error, and gives the exit code. */

@@ -1,0 +1,151 @@
+/**
+ * The loopback listener (SPEC §5), on plain node:http rather than fastify's own server: it
+ * is up, and the extension registered, before fastify has even been loaded. Requests that
+ * arrive before the app is ready wait here and go to it the moment it is.
+ * Nothing here may import fastify, or start-up would load it after all.
+ */
+import { lookup } from "node:dns/promises";
+import http from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import { isLoopbackHostname } from "./config.js";
+
+/** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+/** Header budget well above any real client, well below Node's 16 KiB default. */
+export const MAX_HEADER_BYTES = 8 * 1024;
+/** What fastify would set: SDKs keep their connection to the broker for a whole invoke and more. */
+const KEEP_ALIVE_TIMEOUT_MS = 72_000;
+
+export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+
+/**
+ * Answers what the HTTP parser refused before any route ran (broken framing, control
+ * characters, headers over the limit, a request that never finished arriving) in the shape
+ * and with the Cache-Control of every other answer; fastify's default answer has neither and
+ * uses 408 and 431, which SPEC §5 does not list.
+ */
+export function answerClientError(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  const why =
+    err.code === "HPE_HEADER_OVERFLOW"
+      ? `request headers over ${MAX_HEADER_BYTES} bytes`
+      : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? `request not received in full within ${REQUEST_TIMEOUT_MS} ms`
+        : `malformed HTTP request${err.code ? ` (${err.code})` : ""}`;
+  answerOnSocket(socket, "400 Bad Request", { error: "bad_request", message: why });
+}
+
+/** The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close. */
+export function answerConnect(_req: http.IncomingMessage, socket: Socket): void {
+  answerOnSocket(socket, "405 Method Not Allowed", { error: "method_not_allowed", message: "CONNECT is not allowed; use GET" }, "Allow: GET\r\n");
+}
+
+/** Writes one SPEC §5 error answer straight to a socket no route owns, and closes it. */
+function answerOnSocket(socket: Socket, status: string, body: { error: string; message: string }, extra = ""): void {
+  const text = JSON.stringify(body);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status}\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n${extra}Content-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+    );
+  }
+  socket.destroy();
+}
+
+export interface Listener {
+  /** Every address bound, the first one first. */
+  readonly addresses: AddressInfo[];
+  /** Hands every request to `handler` from now on, those held so far first, in arrival order. */
+  serve(handler: Handler): void;
+  /** Stops listening and closes idle connections; resolves once every connection has ended. */
+  close(): Promise<void>;
+  /**
+   * Closes the connections idle now. `close` closes only those idle when it is called: one
+   * whose answer was still on its way stays open, kept alive, until its client lets go.
+   */
+  closeIdle(): void;
+}
+
+/** A server set up as fastify sets up its own, for the same answers on the same sockets. */
+function createServer(dispatch: Handler): http.Server {
+  const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, dispatch);
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  server.on("clientError", answerClientError);
+  server.on("connect", answerConnect);
+  // Node answers an Expect other than 100-continue with its own 417, outside every route and
+  // without Cache-Control; RFC 9110 §10.1.1 lets a server ignore it, so it is routed as usual.
+  server.on("checkExpectation", dispatch);
+  return server;
+}
+
+function listenOn(server: http.Server, host: string, port: number): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => {
+      server.off("listening", onListening);
+      reject(err);
+    };
+    const onListening = () => {
+      server.off("error", onError);
+      resolve(server.address() as AddressInfo);
+    };
+    server.once("error", onError);
+    server.once("listening", onListening);
+    server.listen({ host, port });
+  });
+}
+
+function closeServer(server: http.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/**
+ * Listens on every address `localhost` resolves to (127.0.0.1, and ::1 where the host has it,
+ * so a client reaches the broker whichever it picks), all on one port: the first address's,
+ * when `port` is 0. An address the host does not have is skipped; any other failure (the port
+ * in use, `localhost` resolving off loopback) rejects with nothing left listening. `onHeld`
+ * is called when a request arrives with nothing yet to serve it and none held before it.
+ */
+export async function listenOnLoopback(port: number, onHeld?: () => void): Promise<Listener> {
+  const resolved = await lookup("localhost", { all: true });
+  const outside = resolved.filter((a) => !isLoopbackHostname(a.address));
+  // Checked before binding, so no socket is ever opened on such an address.
+  if (outside.length > 0) throw new Error(`localhost resolved to non-loopback ${outside.map((a) => a.address).join(", ")}`);
+  const wanted = [...new Set(resolved.map((a) => a.address))];
+
+  let handler: Handler | undefined;
+  const held: [http.IncomingMessage, http.ServerResponse][] = [];
+  const dispatch: Handler = (req, res) => {
+    if (handler) handler(req, res);
+    else if (held.push([req, res]) === 1) onHeld?.();
+  };
+
+  const servers: http.Server[] = [];
+  const addresses: AddressInfo[] = [];
+  try {
+    for (const [i, host] of wanted.entries()) {
+      const server = createServer(dispatch);
+      try {
+        addresses.push(await listenOn(server, host, i === 0 ? port : addresses[0]!.port));
+        servers.push(server);
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (i === 0 || (code !== "EADDRNOTAVAIL" && code !== "EAFNOSUPPORT")) throw err;
+      }
+    }
+  } catch (err) {
+    await Promise.all(servers.map(closeServer));
+    throw err;
+  }
+
+  return {
+    addresses,
+    serve(h) {
+      handler = h;
+      for (const [req, res] of held.splice(0)) h(req, res);
+    },
+    close: () => Promise.all(servers.map(closeServer)).then(() => {}),
+    closeIdle: () => {
+      for (const server of servers) server.closeIdleConnections();
+    },
+  };
+}
