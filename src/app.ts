@@ -88,7 +88,10 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     schemaController: { compilersFactory: { buildValidator: noSchemas, buildSerializer: noSchemas } },
     // HEAD would run the token handler for nothing; it is answered 405 like other methods.
     exposeHeadRoutes: false,
-    return503OnClosing: true,
+    // At SHUTDOWN the listener stops accepting first; a request already in flight still gets
+    // its real answer rather than fastify's bare 503, which has neither the SPEC's shape nor
+    // Cache-Control, and the exit deadline bounds the wait.
+    return503OnClosing: false,
     http: { maxHeaderSize: MAX_HEADER_BYTES },
     clientErrorHandler: answerClientError,
     // A path that does not decode is refused before routing, so the onRequest hook never runs.
