@@ -59,8 +59,9 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     entryPoints: { index: join(ROOT, "extension", "main.ts") },
     outdir: join(tree, EXTENSION_NAME),
     outExtension: { ".js": ".mjs" },
-    // What is only imported dynamically (the AWS SDK, see src/sts.ts) goes to chunks loaded
-    // when first needed, so start-up parses only what registering takes.
+    // What is only imported dynamically (the AWS SDK, see src/sts.ts; fastify and the app, see
+    // src/lifecycle.ts) goes to chunks loaded when first needed, so start-up parses only what
+    // registering takes.
     splitting: true,
     chunkNames: "chunks/[name]-[hash]",
     // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
