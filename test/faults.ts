@@ -497,7 +497,7 @@ export async function runStorm(st: Storm): Promise<StormOutcome> {
   const obs: Observation[] = [];
   try {
     const init = await s.lambda.init;
-    if (!init.ok) throw new Error(`init ${init.status}`);
+    if (!init.ok) throw new Error(`init ${init.status}: ${JSON.stringify(init)}`);
     const first = await ask(s, "token");
     if (first.status !== 200) throw new Error(`the healthy start answered ${first.status}`);
     const logFrom = s.lambda.stdout.length;

@@ -20,7 +20,7 @@ let s: Stack;
 beforeAll(async () => {
   s = await startStack();
   const init = await s.lambda.init;
-  if (!init.ok) throw new Error(`init ${init.status}`);
+  if (!init.ok) throw new Error(`init ${init.status}: ${JSON.stringify(init)}`);
   // Warm: the first token is fetched, so fuzzed requests are answered from the cache.
   expect((await ask(s, "token")).status).toBe(200);
 });

@@ -70,7 +70,7 @@ let s: Stack;
 beforeAll(async () => {
   s = await startStack();
   const init = await s.lambda.init;
-  if (!init.ok) throw new Error(`init ${init.status}`);
+  if (!init.ok) throw new Error(`init ${init.status}: ${JSON.stringify(init)}`);
 });
 afterAll(async () => {
   await s?.close();

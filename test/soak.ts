@@ -70,7 +70,7 @@ export async function runSoak(): Promise<SoakOutcome> {
   const start = Date.now();
   try {
     const init = await s.lambda.init;
-    if (!init.ok) throw new Error(`init ${init.status}`);
+    if (!init.ok) throw new Error(`init ${init.status}: ${JSON.stringify(init)}`);
     const pid = s.lambda.pid!;
     const until = start + SOAK_MS;
     const running = () => Date.now() < until;

@@ -17,13 +17,28 @@ export const LAUNCHER = join(ROOT, "dist", "layer", "extensions", "databricks-to
 export const SESSION_TOKEN = "IQoJb3JpZ2luX2VjEOv//////////test-session-token";
 export const CLIENT_ID = "5e1ad7f0-6b1f-4c58-a3c2-9d6a3f7c1b20";
 
+/**
+ * Ports for the extension come from below Linux's ephemeral range (32768–60999 by default,
+ * /proc/sys/net/ipv4/ip_local_port_range): a port the kernel handed out for port 0 is free
+ * again once closed, but under load the kernel may reuse it as the source port of an outgoing
+ * connection before the extension binds it, and its listen then fails with EADDRINUSE.
+ */
+const PORT_RANGE = [20_000, 32_000] as const;
+
 /** A free loopback port: the extension's port must be known before it starts. */
 export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((r) => server.close(r));
-  return port;
+  for (;;) {
+    const port = PORT_RANGE[0] + Math.floor(Math.random() * (PORT_RANGE[1] - PORT_RANGE[0]));
+    const server = createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (free) {
+      await new Promise((r) => server.close(r));
+      return port;
+    }
+  }
 }
 
 export interface Stack {
