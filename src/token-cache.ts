@@ -74,6 +74,9 @@ export interface TargetHealth {
 
 const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
+/** The failure that ended the last attempt, unless a success came after it. */
+const recentError = (st: KeyState) => (st.failures > 0 ? st.lastError : undefined);
+
 /** Builds the cache key; scope is part of it so a target's scope change can never reuse a token. */
 const keyOf = (t: Target) => `${t.name}\u0000${t.scope}`;
 
@@ -247,12 +250,11 @@ export class TokenCache {
    * @throws BrokerError: the last upstream failure, or `ERR_TOKEN_WAIT_TIMEOUT`.
    */
   async get(name: string, { minTtlSeconds, waitMs }: { minTtlSeconds?: number; waitMs: number }): Promise<AccessToken> {
-    const target = this.#targets.get(name);
-    if (!target) throw new Error(`unknown target ${name}`);
+    const key = this.#keyByName.get(name);
+    if (key === undefined) throw new Error(`unknown target ${name}`);
     if (this.#suspended) throw this.#suspended;
-    const key = keyOf(target);
     const st = this.#stateOf(key);
-    const wanted = Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000);
+    const wanted = this.#wantedMs(minTtlSeconds);
     const deadline = this.#now() + waitMs;
     for (;;) {
       const cached = this.#ready(key, wanted);
@@ -261,16 +263,16 @@ export class TokenCache {
 
       if (st.lastError && !st.inFlight && now < st.nextAttemptAt) {
         if (!st.lastError.retryable) throw st.lastError;
-        if (st.nextAttemptAt > deadline) throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+        if (st.nextAttemptAt > deadline) throw this.#timeout(name, waitMs, recentError(st));
         await this.#sleep(st.nextAttemptAt - now);
         continue;
       }
       const remaining = deadline - now;
-      if (remaining <= 0) throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+      if (remaining <= 0) throw this.#timeout(name, waitMs, recentError(st));
       try {
         await this.#withDeadline(this.#cache.fetch(key, { forceRefresh: true, allowStale: false }), remaining);
       } catch (err) {
-        if (isBrokerError(err) && err.code === "ERR_TOKEN_WAIT_TIMEOUT") throw this.#timeout(name, waitMs, st.failures > 0 ? st.lastError : undefined);
+        if (isBrokerError(err) && err.code === "ERR_TOKEN_WAIT_TIMEOUT") throw this.#timeout(name, waitMs, recentError(st));
         if (isBrokerError(err) && !err.retryable) throw err;
         // Transient: loop, which waits out the backoff while the deadline allows.
       }
@@ -284,7 +286,12 @@ export class TokenCache {
   ready(name: string, { minTtlSeconds }: { minTtlSeconds?: number } = {}): AccessToken | undefined {
     const key = this.#keyByName.get(name);
     if (key === undefined || this.#suspended) return undefined;
-    return this.#ready(key, Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000));
+    return this.#ready(key, this.#wantedMs(minTtlSeconds));
+  }
+
+  /** The life a token needs left, in ms: the asked `min_ttl`, never below the configured minimum. */
+  #wantedMs(minTtlSeconds: number | undefined): number {
+    return Math.max(this.#minTtlMs, (minTtlSeconds ?? 0) * 1000);
   }
 
   /** The cached token when it may be served with `wanted` ms left; starts a refresh when one is due. */
