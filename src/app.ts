@@ -7,7 +7,6 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, 
 import { type Config, DEFAULT_TARGET, normalizeHost } from "./config.js";
 import { type BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
-import { answerClientError, answerConnect, MAX_HEADER_BYTES, REQUEST_TIMEOUT_MS } from "./listener.js";
 import { fingerprint, type Logger, redact } from "./log.js";
 import type { TokenCache } from "./token-cache.js";
 
@@ -75,7 +74,11 @@ const noSchemas = () => () => {
   throw new Error("the broker's app declares no schemas: give buildApp real schema compilers before adding one");
 };
 
-/** Builds the fastify app; no socket is opened until the caller listens. */
+/**
+ * Builds the fastify app. It never owns a socket: src/listener.ts binds, bounds and answers
+ * at the socket level (header size, request timeout, malformed requests, CONNECT) and hands
+ * every request to `app.routing`.
+ */
 export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
@@ -83,7 +86,6 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     // time it) to hand to a logger that drops it.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
-    requestTimeout: REQUEST_TIMEOUT_MS,
     routerOptions: { maxParamLength: 100 },
     schemaController: { compilersFactory: { buildValidator: noSchemas, buildSerializer: noSchemas } },
     // HEAD would run the token handler for nothing; it is answered 405 like other methods.
@@ -92,8 +94,6 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     // its real answer rather than fastify's bare 503, which has neither the SPEC's shape nor
     // Cache-Control, and the exit deadline bounds the wait.
     return503OnClosing: false,
-    http: { maxHeaderSize: MAX_HEADER_BYTES },
-    clientErrorHandler: answerClientError,
     // A path that does not decode is refused before routing, so the onRequest hook never runs.
     frameworkErrors: (err, _req, reply) => {
       reply.header("cache-control", "no-store");
@@ -101,10 +101,6 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
       return fail(reply, "bad_request", err.message);
     },
   });
-  // What src/listener.ts does on the extension's sockets, for an app listening on its own
-  // server: an unknown Expect is routed as usual, CONNECT gets a 405 (see createServer there).
-  app.server.on("checkExpectation", (req, res) => app.routing(req, res));
-  app.server.on("connect", answerConnect);
   const expectedSession = sessionToken ? digest(sessionToken) : undefined;
   const waitMs = config.waitSeconds * 1000;
 

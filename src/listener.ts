@@ -24,7 +24,7 @@ export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => v
  * and with the Cache-Control of every other answer; fastify's default answer has neither and
  * uses 408 and 431, which SPEC §5 does not list.
  */
-export function answerClientError(err: Error & { code?: string }, socket: Socket): void {
+function answerClientError(err: Error & { code?: string }, socket: Socket): void {
   if (err.code === "ECONNRESET" || socket.destroyed) return;
   const why =
     err.code === "HPE_HEADER_OVERFLOW"
@@ -36,7 +36,7 @@ export function answerClientError(err: Error & { code?: string }, socket: Socket
 }
 
 /** The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close. */
-export function answerConnect(_req: http.IncomingMessage, socket: Socket): void {
+function answerConnect(_req: http.IncomingMessage, socket: Socket): void {
   answerOnSocket(socket, "405 Method Not Allowed", { error: "method_not_allowed", message: "CONNECT is not allowed; use GET" }, "Allow: GET\r\n");
 }
 
