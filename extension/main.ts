@@ -26,7 +26,7 @@ run({
   env: process.env,
   api: createExtensionsApi(runtimeApi),
   makeLogger: (level) => createLogger({ level }),
-  makeSts: (config) => createDeferredStsClient(config.region),
+  makeSts: (config, hooks) => createDeferredStsClient(config.region, hooks),
   fetch: (input, init) => fetch(input, init),
 }).then(
   (code) => process.exit(code),

@@ -15,7 +15,11 @@ export type EventType = "INVOKE" | "SHUTDOWN";
 const BASE_PATH = "/2020-01-01/extension";
 
 export interface ExtensionsApi {
-  register(name: string, events: EventType[]): Promise<string>;
+  /**
+   * `onSent` runs once the request is handed to the OS, before Lambda answers: work that
+   * must not delay the registration itself can start there and overlap its round trip.
+   */
+  register(name: string, events: EventType[], onSent?: () => void): Promise<string>;
   next(): Promise<LambdaEvent>;
   initError(errorType: string, message: string): Promise<void>;
   exitError(errorType: string, message: string): Promise<void>;
@@ -27,7 +31,7 @@ interface Answer {
   body: string;
 }
 
-function request(runtimeApi: string, method: string, path: string, headers: Record<string, string>, body?: string): Promise<Answer> {
+function request(runtimeApi: string, method: string, path: string, headers: Record<string, string>, body?: string, onSent?: () => void): Promise<Answer> {
   const [host, port] = runtimeApi.split(":");
   return new Promise((resolve, reject) => {
     const req = http.request(
@@ -40,6 +44,7 @@ function request(runtimeApi: string, method: string, path: string, headers: Reco
       },
     );
     req.on("error", reject);
+    if (onSent) req.once("finish", onSent);
     req.end(body);
   });
 }
@@ -61,8 +66,8 @@ export function createExtensionsApi(runtimeApi: string): ExtensionsApi {
     check(`${kind}/error`, await request(runtimeApi, "POST", `/${kind}/error`, { ...idHeader(), "lambda-extension-function-error-type": errorType }, body));
   };
   return {
-    async register(name, events) {
-      const a = check("register", await request(runtimeApi, "POST", "/register", { "lambda-extension-name": name }, JSON.stringify({ events })));
+    async register(name, events, onSent) {
+      const a = check("register", await request(runtimeApi, "POST", "/register", { "lambda-extension-name": name }, JSON.stringify({ events }), onSent));
       const got = a.headers["lambda-extension-identifier"];
       if (typeof got !== "string" || got === "") throw new Error("Extensions API register answered without Lambda-Extension-Identifier");
       id = got;

@@ -13,7 +13,8 @@ import type { FetchLike } from "./exchange.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
 import type { Logger } from "./log.js";
-import { preloadSdk, type StsLike } from "./sts.js";
+import { preconnect, preconnectUrls } from "./preconnect.js";
+import { preloadSdk, type StsHooks, type StsLike } from "./sts.js";
 
 /** The extension's name: the file name of its executable under /opt/extensions (SPEC §1). */
 export const EXTENSION_NAME = "databricks-token-broker";
@@ -28,17 +29,19 @@ const SHUTDOWN_MARGIN_MS = 300;
 /** Part of an INVOKE's deadline kept in hand for asking for the next event in time. */
 const INVOKE_MARGIN_MS = 300;
 /**
- * The longest a request waits for the app to start loading when the prefetch's STS call has
- * not come back: long enough to let a healthy STS answer first, short enough for a request
- * that needs no token (/health, a refusal) not to wait on a hung one.
+ * The longest a request waits for the app to start loading when the prefetch has not yet
+ * reached its exchange (where the app is loaded, see `serve`): well past a healthy STS round
+ * trip, cold TLS handshake included, so that loading the app does not land on the first
+ * token's path; well short of the STS timeout, so that a request that needs no token
+ * (/health, a refusal) does not wait out a hung STS.
  */
-const APP_LOAD_DEFER_MS = 100;
+const APP_LOAD_DEFER_MS = 500;
 
 export interface RunOptions {
   env: NodeJS.ProcessEnv;
   api: ExtensionsApi;
   makeLogger: (level: LogLevel) => Logger;
-  makeSts: (config: Config) => StsLike;
+  makeSts: (config: Config, hooks: StsHooks) => StsLike;
   fetch: FetchLike;
   now?: () => number;
 }
@@ -74,19 +77,27 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
 
   const config = parsed.config;
   const log = makeLogger(config.logLevel);
-  // The app is loaded once the prefetch's first STS call has come back (see `serve`).
+  // The app is loaded once the first token's path leaves the CPU free (see `serve`).
   let loadApp!: () => void;
   const appWanted = new Promise<void>((r) => (loadApp = r));
-  const sts = makeSts(config);
-  const cache = createBroker(config, {
-    sts: {
-      send(command, options) {
-        const answer = sts.send(command, options);
-        answer.then(loadApp, loadApp);
-        return answer;
-      },
+  // While the first STS call is on the wire, fetch and the connections to the token endpoints
+  // get ready for the exchange that follows it (see preconnect.ts).
+  let preconnecting = false;
+  const sts = makeSts(config, {
+    onSent() {
+      if (preconnecting) return;
+      preconnecting = true;
+      setImmediate(() => void preconnect(fetch, preconnectUrls(config.targets.values()), log));
     },
-    fetch,
+  });
+  const cache = createBroker(config, {
+    sts,
+    fetch(input, init) {
+      const answer = fetch(input, init);
+      // The exchange is on the wire: the app loads while Databricks answers.
+      setImmediate(loadApp);
+      return answer;
+    },
     log,
     now,
   });
@@ -111,16 +122,30 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     return failInit(api, log, events, "Extension.ListenFailed", `${EXTENSION_NAME}: DATABRICKS_TOKEN_BROKER_PORT: ${why}`);
   }
 
-  await api.register(EXTENSION_NAME, events);
+  // The first token's work starts as soon as the registration request is out, so that the
+  // SDK loads during Lambda's round trip rather than after it; once the answer is in at the
+  // latest, for an Extensions API client that does not report the send.
+  let prefetching = false;
+  const prefetch = () => {
+    if (prefetching) return;
+    prefetching = true;
+    if (snapStart) {
+      // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
+      preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
+      return;
+    }
+    cache.refreshDue();
+    // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
+    void cache.settled().then(loadApp);
+  };
+  await api.register(EXTENSION_NAME, events, prefetch);
   log.info("registered", {
     events,
     targets: [...config.targets.values()].map((t) => ({ name: t.name, host: t.host, tokenEndpoint: t.tokenEndpoint, clientId: t.clientId ?? null, scope: t.scope })),
     initializationType: config.initializationType,
     node: process.version,
   });
-  if (!snapStart) cache.refreshDue();
-  // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
-  else preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
+  prefetch();
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;
   // Nothing is fetched before a snapshot, so nothing would compete with loading the app; and
   // the snapshot should hold it ready, as it holds the SDK. Elsewhere init need not wait for it.

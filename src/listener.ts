@@ -4,10 +4,8 @@
  * arrive before the app is ready wait here and go to it the moment it is.
  * Nothing here may import fastify, or start-up would load it after all.
  */
-import { lookup } from "node:dns/promises";
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import { isLoopbackHostname } from "./config.js";
 
 /** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
 export const REQUEST_TIMEOUT_MS = 10_000;
@@ -99,19 +97,20 @@ function closeServer(server: http.Server): Promise<void> {
 }
 
 /**
- * Listens on every address `localhost` resolves to (127.0.0.1, and ::1 where the host has it,
- * so a client reaches the broker whichever it picks), all on one port: the first address's,
- * when `port` is 0. An address the host does not have is skipped; any other failure (the port
- * in use, `localhost` resolving off loopback) rejects with nothing left listening. `onHeld`
- * is called when a request arrives with nothing yet to serve it and none held before it.
+ * SPEC §5's addresses, bound as literals: a client's `localhost` resolves to one or both, and
+ * no name is looked up, so nothing outside this list can ever be bound (and start-up spends
+ * no time on a resolver).
+ */
+export const LOOPBACK_ADDRESSES = ["127.0.0.1", "::1"] as const;
+
+/**
+ * Listens on 127.0.0.1, and on ::1 where the host has it, so that a client reaches the broker
+ * whichever `localhost` gives it; both on one port: the first address's, when `port` is 0.
+ * ::1 is skipped where the host has no IPv6 loopback; any other failure (the port in use)
+ * rejects with nothing left listening. `onHeld` is called when a request arrives with nothing
+ * yet to serve it and none held before it.
  */
 export async function listenOnLoopback(port: number, onHeld?: () => void): Promise<Listener> {
-  const resolved = await lookup("localhost", { all: true });
-  const outside = resolved.filter((a) => !isLoopbackHostname(a.address));
-  // Checked before binding, so no socket is ever opened on such an address.
-  if (outside.length > 0) throw new Error(`localhost resolved to non-loopback ${outside.map((a) => a.address).join(", ")}`);
-  const wanted = [...new Set(resolved.map((a) => a.address))];
-
   let handler: Handler | undefined;
   const held: [http.IncomingMessage, http.ServerResponse][] = [];
   const dispatch: Handler = (req, res) => {
@@ -122,7 +121,7 @@ export async function listenOnLoopback(port: number, onHeld?: () => void): Promi
   const servers: http.Server[] = [];
   const addresses: AddressInfo[] = [];
   try {
-    for (const [i, host] of wanted.entries()) {
+    for (const [i, host] of LOOPBACK_ADDRESSES.entries()) {
       const server = createServer(dispatch);
       try {
         addresses.push(await listenOn(server, host, i === 0 ? port : addresses[0]!.port));

@@ -2,9 +2,11 @@
  * The real STS client, apart from the STS source (`sts.ts`) so that the extension's bundle can
  * load the AWS SDK only when the first JWT is asked for. The CLI builds it directly.
  */
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import type { ClientRequest } from "node:http";
 import { pipeline, Readable, Transform } from "node:stream";
 import { STSClient } from "@aws-sdk/client-sts";
-import { stsClientConfig } from "./sts.js";
+import { type StsHooks, stsClientConfig } from "./sts.js";
 
 /**
  * An STS answer is a couple of KiB. Past this it is no STS answer (a proxy, a wrong
@@ -42,9 +44,37 @@ const limitBody = (next: Handler): Handler => async (args) => {
   return out;
 };
 
+/** Node.js publishes every node:http client request here as it starts (node:diagnostics_channel). */
+const REQUEST_START = "http.client.request.start";
+
+/**
+ * Calls `onSent` once this call's request is written to the socket (its ClientRequest's
+ * `finish`): the SDK's work for it is done and only the network is left. The SDK does not
+ * hand out its ClientRequest, so it is picked from Node.js's diagnostics channel by method,
+ * host and path while the call runs; were none to match, `onSent` is simply not called.
+ */
+const announceSent =
+  (onSent: () => void) =>
+  (next: Handler): Handler =>
+  (args) => {
+    const wanted = (args as { request?: { method?: string; hostname?: string; path?: string } }).request;
+    const onStart = (message: unknown) => {
+      const req = (message as { request?: ClientRequest }).request;
+      if (!req || req.method !== wanted?.method || req.host !== wanted?.hostname || !req.path.startsWith(wanted?.path ?? "/")) return;
+      unsubscribe(REQUEST_START, onStart);
+      req.once("finish", onSent);
+    };
+    subscribe(REQUEST_START, onStart);
+    const out = next(args);
+    const stop = () => unsubscribe(REQUEST_START, onStart);
+    out.then(stop, stop);
+    return out;
+  };
+
 /** An STS client with the broker's settings (`stsClientConfig`) for `region`. */
-export function createStsClient(region: string): STSClient {
+export function createStsClient(region: string, hooks: StsHooks = {}): STSClient {
   const client = new STSClient(stsClientConfig(region));
   client.middlewareStack.add(limitBody as never, { step: "deserialize", priority: "low", name: "brokerStsBodyLimit" });
+  if (hooks.onSent) client.middlewareStack.add(announceSent(hooks.onSent) as never, { step: "deserialize", priority: "low", name: "brokerStsSent" });
   return client;
 }

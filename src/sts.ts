@@ -63,12 +63,21 @@ export function stsClientConfig(region: string) {
  */
 const loadSdk = () => import("@aws-sdk/client-sts");
 
+export interface StsHooks {
+  /**
+   * Called each time a request to STS has been written, once the SDK's work for it (loading at
+   * the first call, signing) is done and only the network is left: the moment for other work
+   * that the first token will need, which then delays neither the request nor its answer.
+   */
+  onSent?: () => void;
+}
+
 /** The extension's STS client (`createStsClient`), built at the first call; see `loadSdk`. */
-export function createDeferredStsClient(region: string): StsLike {
+export function createDeferredStsClient(region: string, hooks: StsHooks = {}): StsLike {
   let client: Promise<STSClient> | undefined;
   return {
     async send(command, options) {
-      client ??= import("./sts-client.js").then((m) => m.createStsClient(region));
+      client ??= import("./sts-client.js").then((m) => m.createStsClient(region, hooks));
       return (await client).send(command, options);
     },
   };

@@ -6,6 +6,8 @@
  * sent to any of those can reach it. No traffic is ever sent anywhere but loopback.
  */
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
 import { networkInterfaces } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ask, logLines } from "./harness.js";
@@ -115,7 +117,29 @@ describe("the listener", () => {
     for (const a of said?.addresses as string[]) expect(a).toMatch(/^(127\.\d+\.\d+\.\d+|\[::1\]):\d+$/);
   });
 
-  it("answers on 127.0.0.1, the only address it was reached on in this test", async () => {
+  it("answers on ::1 as well where the host has IPv6 loopback, on the same port", async (ctx) => {
+    const probe = net.createServer();
+    const hasV6 = await new Promise<boolean>((resolve) => {
+      probe.once("error", () => resolve(false));
+      probe.listen(0, "::1", () => probe.close(() => resolve(true)));
+    });
+    if (!hasV6) ctx.skip();
+    const said = logLines(s).find((l) => l.msg === "listening");
+    expect(said?.addresses).toEqual([`127.0.0.1:${s.port}`, `[::1]:${s.port}`]);
+    const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      http
+        .get({ host: "::1", port: s.port, path: "/health" }, (r) => {
+          let body = "";
+          r.on("data", (c: Buffer) => (body += c));
+          r.on("end", () => resolve({ status: r.statusCode ?? 0, body }));
+        })
+        .on("error", reject);
+    });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body)).toBeTypeOf("object");
+  });
+
+  it("answers on 127.0.0.1", async () => {
     expect((await ask(s, "health")).status).toBe(200);
     const sock = await open(s.port);
     expect(sock.remoteAddress).toBe("127.0.0.1");
