@@ -115,20 +115,23 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
   try {
     // A request should not wait long on a prefetch that waits on a slow or silent STS.
     listener = await listenOnLoopback(config.port, () => setTimeout(loadApp, APP_LOAD_DEFER_MS).unref());
-    log.info("listening", { addresses: listener.addresses.map((a) => `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`) });
   } catch (err) {
-    const why = (err as { code?: string }).code === "EADDRINUSE" ? `port ${config.port} is in use; set DATABRICKS_TOKEN_BROKER_PORT to a free one` : (err as Error).message;
+    const why = cannotListen(err, config.port);
     log.error("cannot listen; failing the function's init", { error: why });
     return failInit(api, log, events, "Extension.ListenFailed", `${EXTENSION_NAME}: DATABRICKS_TOKEN_BROKER_PORT: ${why}`);
   }
 
-  // The first token's work starts as soon as the registration request is out, so that the
-  // SDK loads during Lambda's round trip rather than after it; once the answer is in at the
-  // latest, for an Extensions API client that does not report the send.
-  let prefetching = false;
-  const prefetch = () => {
-    if (prefetching) return;
-    prefetching = true;
+  // Once the registration request is out, and while Lambda answers it: ::1, then the first
+  // token's work (the SDK loads during the round trip rather than after it). 127.0.0.1 was
+  // bound before registering, as SPEC §4 orders; ::1 can wait these few milliseconds, as the
+  // runtime, the broker's client, is started only once Lambda has the registration. Run once
+  // the answer is in at the latest, for an Extensions API client that does not report the send.
+  let ipv6: Promise<unknown> | undefined;
+  const afterSent = () => {
+    if (ipv6) return;
+    ipv6 = listener.listenOnIpv6();
+    // Awaited below; until then a failure must not count as unhandled.
+    ipv6.catch(() => {});
     if (snapStart) {
       // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
       preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
@@ -138,14 +141,23 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
     void cache.settled().then(loadApp);
   };
-  await api.register(EXTENSION_NAME, events, prefetch);
+  await api.register(EXTENSION_NAME, events, afterSent);
+  afterSent();
+  try {
+    await ipv6;
+  } catch (err) {
+    const why = cannotListen(err, config.port);
+    log.error("cannot listen on ::1; failing the function's init", { error: why });
+    await listener.close();
+    return reportInitError(api, log, "Extension.ListenFailed", `${EXTENSION_NAME}: DATABRICKS_TOKEN_BROKER_PORT: ${why}`);
+  }
+  log.info("listening", { addresses: listener.addresses.map((a) => `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`) });
   log.info("registered", {
     events,
     targets: [...config.targets.values()].map((t) => ({ name: t.name, host: t.host, tokenEndpoint: t.tokenEndpoint, clientId: t.clientId ?? null, scope: t.scope })),
     initializationType: config.initializationType,
     node: process.version,
   });
-  prefetch();
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;
   // Nothing is fetched before a snapshot, so nothing would compete with loading the app; and
   // the snapshot should hold it ready, as it holds the SDK. Elsewhere init need not wait for it.
@@ -222,10 +234,25 @@ async function stop(listener: Listener, app: Promise<FastifyInstance | undefined
   await closed;
 }
 
+/** What a failed bind says to the user. */
+function cannotListen(err: unknown, port: number): string {
+  return (err as { code?: string }).code === "EADDRINUSE" ? `port ${port} is in use; set DATABRICKS_TOKEN_BROKER_PORT to a free one` : (err as Error).message;
+}
+
 /** Registers (the error call needs an identifier), reports the init error, and gives the exit code. */
 async function failInit(api: ExtensionsApi, log: Logger, events: EventType[], errorType: string, message: string): Promise<number> {
   try {
     await api.register(EXTENSION_NAME, events);
+  } catch (err) {
+    log.error("could not report the init error to Lambda", { error: err });
+    return 1;
+  }
+  return reportInitError(api, log, errorType, message);
+}
+
+/** Reports the init error of a registered extension, and gives the exit code. */
+async function reportInitError(api: ExtensionsApi, log: Logger, errorType: string, message: string): Promise<number> {
+  try {
     await api.initError(errorType, message);
   } catch (err) {
     log.error("could not report the init error to Lambda", { error: err });

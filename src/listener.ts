@@ -50,8 +50,16 @@ function answerOnSocket(socket: Socket, status: string, body: { error: string; m
 }
 
 export interface Listener {
-  /** Every address bound, the first one first. */
+  /** Every address bound: 127.0.0.1 first, then ::1 once `listenOnIpv6` has bound it. */
   readonly addresses: AddressInfo[];
+  /**
+   * Binds ::1 on 127.0.0.1's port, once however often it is called; resolves with its address,
+   * or undefined on a host without IPv6 loopback, and rejects on any other failure (the port
+   * taken on ::1). Apart from `listenOnLoopback` because, the first time a process binds an
+   * IPv6 literal, Node.js spends about 4 ms compiling its IPv6 address pattern: the extension
+   * does it while its registration is on the way (see lifecycle.ts).
+   */
+  listenOnIpv6(): Promise<AddressInfo | undefined>;
   /** Hands every request to `handler` from now on, those held so far first, in arrival order. */
   serve(handler: Handler): void;
   /** Stops listening and closes idle connections; resolves once every connection has ended. */
@@ -101,14 +109,17 @@ function closeServer(server: http.Server): Promise<void> {
  * no name is looked up, so nothing outside this list can ever be bound (and start-up spends
  * no time on a resolver).
  */
-export const LOOPBACK_ADDRESSES = ["127.0.0.1", "::1"] as const;
+export const IPV4_LOOPBACK = "127.0.0.1";
+export const IPV6_LOOPBACK = "::1";
+
+/** What binding ::1 fails with on a host without IPv6 loopback; anything else is a real failure. */
+const NO_IPV6 = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 
 /**
- * Listens on 127.0.0.1, and on ::1 where the host has it, so that a client reaches the broker
- * whichever `localhost` gives it; both on one port: the first address's, when `port` is 0.
- * ::1 is skipped where the host has no IPv6 loopback; any other failure (the port in use)
- * rejects with nothing left listening. `onHeld` is called when a request arrives with nothing
- * yet to serve it and none held before it.
+ * Listens on 127.0.0.1 (on `port`, or a free one when it is 0); `listenOnIpv6` adds ::1 on the
+ * same port, where the host has it, so that a client reaches the broker whichever address its
+ * `localhost` gives it. `onHeld` is called when a request arrives with nothing yet to serve it
+ * and none held before it.
  */
 export async function listenOnLoopback(port: number, onHeld?: () => void): Promise<Listener> {
   let handler: Handler | undefined;
@@ -118,26 +129,28 @@ export async function listenOnLoopback(port: number, onHeld?: () => void): Promi
     else if (held.push([req, res]) === 1) onHeld?.();
   };
 
-  const servers: http.Server[] = [];
-  const addresses: AddressInfo[] = [];
-  try {
-    for (const [i, host] of LOOPBACK_ADDRESSES.entries()) {
-      const server = createServer(dispatch);
-      try {
-        addresses.push(await listenOn(server, host, i === 0 ? port : addresses[0]!.port));
-        servers.push(server);
-      } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (i === 0 || (code !== "EADDRNOTAVAIL" && code !== "EAFNOSUPPORT")) throw err;
-      }
-    }
-  } catch (err) {
-    await Promise.all(servers.map(closeServer));
-    throw err;
-  }
+  const first = createServer(dispatch);
+  const servers: http.Server[] = [first];
+  const addresses: AddressInfo[] = [await listenOn(first, IPV4_LOOPBACK, port)];
+  let ipv6: Promise<AddressInfo | undefined> | undefined;
 
   return {
     addresses,
+    listenOnIpv6() {
+      ipv6 ??= (async () => {
+        const server = createServer(dispatch);
+        try {
+          const address = await listenOn(server, IPV6_LOOPBACK, addresses[0]!.port);
+          servers.push(server);
+          addresses.push(address);
+          return address;
+        } catch (err) {
+          if (NO_IPV6.has((err as { code?: string }).code ?? "")) return undefined;
+          throw err;
+        }
+      })();
+      return ipv6;
+    },
     serve(h) {
       handler = h;
       for (const [req, res] of held.splice(0)) h(req, res);

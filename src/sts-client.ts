@@ -6,6 +6,9 @@ import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { ClientRequest } from "node:http";
 import { pipeline, Readable, Transform } from "node:stream";
 import { STSClient } from "@aws-sdk/client-sts";
+
+// The command comes from here too, so the first call loads the SDK with one import (sts.ts).
+export { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
 import { type StsHooks, stsClientConfig } from "./sts.js";
 
 /**

@@ -56,12 +56,13 @@ export function stsClientConfig(region: string) {
 }
 
 /**
- * The SDK, loaded at its first use rather than with the extension: it is the larger half of
- * the bundle, and parsing and running it before registering would add to every cold start.
- * This module imports it only this way (and only types otherwise), so the bundle keeps it in
- * chunks that nothing loads before the first token is asked for.
+ * The SDK (with the client's set-up in sts-client.ts, which re-exports the command), loaded at
+ * its first use rather than with the extension: it is the larger half of the bundle, and
+ * parsing and running it before registering would add to every cold start. This module
+ * imports it only this way (and only types otherwise), so the bundle keeps it in chunks that
+ * nothing loads before the first token is asked for.
  */
-const loadSdk = () => import("@aws-sdk/client-sts");
+const loadSdk = () => import("./sts-client.js");
 
 export interface StsHooks {
   /**
@@ -77,7 +78,7 @@ export function createDeferredStsClient(region: string, hooks: StsHooks = {}): S
   let client: Promise<STSClient> | undefined;
   return {
     async send(command, options) {
-      client ??= import("./sts-client.js").then((m) => m.createStsClient(region, hooks));
+      client ??= loadSdk().then((m) => m.createStsClient(region, hooks));
       return (await client).send(command, options);
     },
   };
@@ -89,7 +90,7 @@ export function createDeferredStsClient(region: string, hooks: StsHooks = {}): S
  * for loading it when its first token is asked for.
  */
 export async function preloadSdk(): Promise<void> {
-  await Promise.all([loadSdk(), import("./sts-client.js")]);
+  await loadSdk();
 }
 
 /** AWS error codes as the SDK names them, without the `Exception` suffix some models add. */
