@@ -50,6 +50,22 @@ const limitBody = (next: Handler): Handler => async (args) => {
 /** Node.js publishes every node:http client request here as it starts (node:diagnostics_channel). */
 const REQUEST_START = "http.client.request.start";
 
+/** The parts of the SDK's request that name it on the wire. */
+interface WireRequest {
+  method?: string;
+  hostname?: string;
+  path?: string;
+  headers?: Record<string, string | undefined>;
+}
+
+/** True when `req`, a node:http request starting now, is the one the SDK sends for `wanted`. */
+function isSdkRequest(req: ClientRequest, wanted: WireRequest | undefined): boolean {
+  if (!wanted || req.method !== wanted.method || req.host !== wanted.hostname || !req.path.startsWith(wanted.path ?? "/")) return false;
+  // The Host header carries the port: another server on the same host is not STS.
+  const host = wanted.headers?.host;
+  return host === undefined || req.getHeader("host") === host;
+}
+
 /**
  * Calls `onSent` once this call's request is written to the socket (its ClientRequest's
  * `finish`): the SDK's work for it is done and only the network is left. The SDK does not
@@ -60,10 +76,10 @@ const announceSent =
   (onSent: () => void) =>
   (next: Handler): Handler =>
   (args) => {
-    const wanted = (args as { request?: { method?: string; hostname?: string; path?: string } }).request;
+    const wanted = (args as { request?: WireRequest }).request;
     const onStart = (message: unknown) => {
       const req = (message as { request?: ClientRequest }).request;
-      if (!req || req.method !== wanted?.method || req.host !== wanted?.hostname || !req.path.startsWith(wanted?.path ?? "/")) return;
+      if (!req || !isSdkRequest(req, wanted)) return;
       unsubscribe(REQUEST_START, onStart);
       req.once("finish", onSent);
     };

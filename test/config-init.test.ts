@@ -128,6 +128,24 @@ describe("bad configuration fails the init, naming the variable", () => {
     }
   });
 
+  it("a port taken on ::1 alone fails the init too, where the host has IPv6 loopback", async (ctx) => {
+    const taken = createServer();
+    const bound = await new Promise<boolean>((resolve) => {
+      taken.once("error", () => resolve(false));
+      taken.listen(0, "::1", () => resolve(true));
+    });
+    if (!bound) ctx.skip();
+    try {
+      const port = (taken.address() as { port: number }).port;
+      const r = await run({ names: `${P}PORT`, env: {} }, { [`${P}PORT`]: String(port) });
+      expect(r.errorType).toBe("Extension.ListenFailed");
+      expect(r.message).toContain(`${P}PORT: port ${port} is in use`);
+      expect(r.exitCode).toBe(1);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
+  });
+
   it("an unrecognised DATABRICKS_TOKEN_BROKER_ENABLED leaves the broker off with a warning, not a failed init", async () => {
     const s = await startStack({ env: { [`${P}ENABLED`]: "yes please" } });
     try {

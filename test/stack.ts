@@ -70,6 +70,8 @@ export interface StackOptions {
   env?: Record<string, string | undefined>;
   lambda?: Partial<StartLambdaOptions>;
   command?: string;
+  /** Runs once the stand-ins are up and before the extension starts: faults for its cold start. */
+  before?: (standIns: { sts: StsStandIn; db: DatabricksStandIn }) => void;
 }
 
 export async function startStack(o: StackOptions = {}): Promise<Stack> {
@@ -92,6 +94,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     AWS_SESSION_TOKEN: SESSION_TOKEN,
     ...o.env,
   };
+  o.before?.({ sts, db });
   const lambda = await startLambda({ command: o.command ?? LAUNCHER, extensionName: "databricks-token-broker", env, ...o.lambda });
   const base = `http://127.0.0.1:${port}`;
   const answers: RecordedAnswer[] = [];

@@ -67,6 +67,8 @@ export type DatabricksFault =
 export interface Exchange {
   time: number;
   path: string;
+  /** The client's port: requests on one kept-alive connection share it. */
+  remotePort?: number;
   /** From the account route. */
   accountId?: string;
   grantType?: string;
@@ -113,6 +115,8 @@ export interface DatabricksStandIn {
   readonly exchanges: Exchange[];
   readonly issuedTokens: IssuedToken[];
   readonly apiCalls: ApiCall[];
+  /** Every GET of a discovery document (`/oidc[/accounts/{id}]/.well-known/oauth-authorization-server`). */
+  readonly discoveries: { time: number; path: string; authorization: boolean; remotePort?: number }[];
   setFault(fault: DatabricksFault, times?: number): void;
   addFault(fault: DatabricksFault, times?: number): void;
   clearFault(): void;
@@ -163,6 +167,7 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
   const exchanges: Exchange[] = [];
   const issuedTokens: IssuedToken[] = [];
   const apiCalls: ApiCall[] = [];
+  const discoveries: DatabricksStandIn["discoveries"] = [];
   const faults = new FaultPlan<DatabricksFault>();
   const keySets = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
 
@@ -259,6 +264,7 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     const exchange: Exchange = {
       time: now(),
       path,
+      remotePort: req.socket.remotePort,
       accountId,
       grantType: field("grant_type"),
       subjectTokenType: field("subject_token_type"),
@@ -393,6 +399,7 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     // The SDKs discover the OAuth endpoints here before an M2M or U2M flow.
     const wellKnown = /^\/oidc(\/accounts\/([^/]+))?\/\.well-known\/oauth-authorization-server$/.exec(path);
     if (wellKnown && req.method === "GET") {
+      discoveries.push({ time: now(), path, authorization: req.headers.authorization !== undefined, remotePort: req.socket.remotePort });
       const prefix = `${base}/oidc${wellKnown[1] ?? ""}`;
       return sendJson(res, 200, {
         issuer: prefix,
@@ -414,6 +421,7 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     exchanges,
     issuedTokens,
     apiCalls,
+    discoveries,
     setFault: (fault, times) => faults.set(fault, times),
     addFault: (fault, times) => faults.add(fault, times),
     clearFault: () => faults.clear(),
