@@ -196,10 +196,11 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
 /**
  * Loads fastify and builds the app once `wanted` resolves, then hands it the listener's
  * requests, those held until then first. Loading fastify is most of what start-up would
- * otherwise parse and run (about 30 ms): done before registering, it held the function's start
- * up; done right after, it competed with the prefetch's loading of the AWS SDK and delayed the
- * first token as much. Once the first STS call is back, the rest of the prefetch mostly waits
- * on the network, and the app is ready well before the token it will serve.
+ * otherwise parse and run (about 30 ms of CPU): before registering, it would hold the
+ * function's start up; during the SDK's loading or the STS wait (where fetch warms up), it
+ * would delay the first token by as much. The exchange's round trip is the first stretch in
+ * which the first token's path only waits, so the app is loaded there, and is ready before
+ * the token it will serve.
  * Resolves with the app, or undefined when it could not be built: every request is then
  * answered 500 rather than left waiting, and the process lives on.
  */
