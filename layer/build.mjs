@@ -30,6 +30,25 @@ const notBundled = {
   },
 };
 
+/**
+ * `import { env } from "node:process"` (the AWS SDK's user-agent code) makes Node.js build an
+ * ES module of the whole `process` object, reading every property, lazy getters included:
+ * about 3 ms on the first token's path, for names the `process` global already holds. This
+ * module hands out those names from the global. Importing any other name from it fails the
+ * build (`import-is-undefined` is an error in COMMON), so nothing is silently undefined.
+ */
+const PROCESS_EXPORTS = ["env", "versions"];
+const processGlobal = {
+  name: "process-global",
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?process$/ }, () => ({ path: "process", namespace: "process-global" }));
+    b.onLoad({ filter: /.*/, namespace: "process-global" }, () => ({
+      contents: `const p = globalThis.process; export default p; ${PROCESS_EXPORTS.map((n) => `export const ${n} = p.${n};`).join(" ")}`,
+      loader: "js",
+    }));
+  },
+};
+
 /** esbuild options both bundles share. */
 const COMMON = {
   bundle: true,
@@ -40,6 +59,7 @@ const COMMON = {
   minify: true,
   legalComments: "linked",
   logLevel: "warning",
+  logOverride: { "import-is-undefined": "error" },
 };
 /** Bundled CommonJS dependencies (the AWS SDK) call require() for Node built-ins, which an ES module does not have. */
 const REQUIRE_SHIM = "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);";
@@ -67,7 +87,7 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
     // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
     mainFields: ["module", "main"],
-    plugins: [notBundled],
+    plugins: [notBundled, processGlobal],
     ...COMMON,
     banner: { js: REQUIRE_SHIM },
   });
