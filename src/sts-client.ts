@@ -6,10 +6,10 @@ import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { ClientRequest } from "node:http";
 import { pipeline, Readable, Transform } from "node:stream";
 import { STSClient } from "@aws-sdk/client-sts";
+import { type StsHooks, stsClientConfig } from "./sts.js";
 
 // The command comes from here too, so the first call loads the SDK with one import (sts.ts).
 export { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
-import { type StsHooks, stsClientConfig } from "./sts.js";
 
 /**
  * An STS answer is a couple of KiB. Past this it is no STS answer (a proxy, a wrong
@@ -47,7 +47,11 @@ const limitBody = (next: Handler): Handler => async (args) => {
   return out;
 };
 
-/** Node.js publishes every node:http client request here as it starts (node:diagnostics_channel). */
+/**
+ * Node.js publishes every node:http client request here as it starts (node:diagnostics_channel,
+ * "HTTP" built-in channels). Where a Node.js line does not, nothing is published, `onSent` is
+ * not called, and only the head start of `onSent`'s work is lost.
+ */
 const REQUEST_START = "http.client.request.start";
 
 /** The parts of the SDK's request that name it on the wire. */
@@ -83,9 +87,15 @@ const announceSent =
       unsubscribe(REQUEST_START, onStart);
       req.once("finish", onSent);
     };
-    subscribe(REQUEST_START, onStart);
-    const out = next(args);
     const stop = () => unsubscribe(REQUEST_START, onStart);
+    subscribe(REQUEST_START, onStart);
+    let out: ReturnType<Handler>;
+    try {
+      out = next(args);
+    } catch (err) {
+      stop();
+      throw err;
+    }
     out.then(stop, stop);
     return out;
   };
