@@ -13,6 +13,10 @@ const log = createLogger({ level: "info" });
 // is logged, not fatal. Every known failure path is handled where it happens.
 process.on("uncaughtException", (err) => log.error("uncaught exception", { error: err }));
 process.on("unhandledRejection", (err) => log.error("unhandled rejection", { error: err }));
+// Node.js prints process warnings (a deprecation; the AWS SDK's notice that it will need a
+// newer Node.js) to stderr as plain, multi-line text: they become log lines like any other.
+process.removeAllListeners("warning");
+process.on("warning", (w) => log.warn("Node.js warning", { name: w.name, message: w.message }));
 // Lambda sends SHUTDOWN through the Extensions API; SIGTERM only comes from elsewhere (a local runner).
 process.on("SIGTERM", () => process.exit(0));
 

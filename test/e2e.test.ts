@@ -201,6 +201,13 @@ describe("the extension in a Lambda environment", () => {
     await s.lambda.shutdown();
     const lines = logs(s.lambda);
     expect(lines.length).toBeGreaterThan(2);
+    // Every line is JSON on stdout (SPEC §6), Node.js's own warnings too (the AWS SDK warns
+    // about Node.js 20): nothing on stderr, no line that is not JSON.
+    expect(s.lambda.stdout.filter((l) => l.trim() !== "")).toHaveLength(lines.length);
+    expect(s.lambda.stderr.filter((l) => l.trim() !== "")).toEqual([]);
+    if (Number(process.versions.node.split(".")[0]) < 22) {
+      expect(lines).toContainEqual(expect.objectContaining({ level: "warn", msg: "Node.js warning", message: expect.stringContaining("NodeVersionSupportWarning") }));
+    }
     for (const l of lines) expect(l).toMatchObject({ time: expect.any(String), level: expect.any(String), msg: expect.any(String) });
     const all = [...s.lambda.stdout, ...s.lambda.stderr].join("\n");
     for (const secret of [...s.db.issuedTokens.map((t) => t.token), ...s.sts.issued.map((j) => j.token), s.env.AWS_SESSION_TOKEN!]) {
