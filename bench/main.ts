@@ -185,6 +185,24 @@ async function bareStartMedian(): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // 1. Serving
 
+/** Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times; 100 on every Linux ABI Lambda runs. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** CPU seconds (user + system) `pid` has used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name, which is parenthesised and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** A load run against `pid`'s server, with the server's CPU time per answer in microseconds. */
+async function runLoadOn(pid: number, job: LoadJob): Promise<LoadResult & { cpuMicrosPerAnswer: number }> {
+  const before = cpuSeconds(pid);
+  const result = await runLoad(job);
+  return { ...result, cpuMicrosPerAnswer: ((cpuSeconds(pid) - before) * 1e6) / result.requests };
+}
+
 async function runLoad(job: LoadJob): Promise<LoadResult> {
   const child = spawn(process.execPath, [join(BENCH_DIR, "load.mjs"), JSON.stringify(job)], { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
@@ -218,14 +236,16 @@ async function serving(): Promise<void> {
     // Untimed: lets both servers' JIT settle before anything counts.
     await runLoad(jobFor(brokerUrl, 1));
     await runLoad(jobFor(bareUrl, 1));
-    const runs: { broker: LoadResult; bare: LoadResult }[] = [];
+    const runs: { broker: LoadResult & { cpuMicrosPerAnswer: number }; bare: LoadResult & { cpuMicrosPerAnswer: number } }[] = [];
     // Alternating rounds, so drift in the machine's load falls on both alike.
     for (let i = 0; i < (quick ? 1 : 5); i++) {
-      const bareRun = await runLoad(jobFor(bareUrl));
-      const brokerRun = await runLoad(jobFor(brokerUrl));
+      const bareRun = await runLoadOn(bare.child.pid!, jobFor(bareUrl));
+      const brokerRun = await runLoadOn(b.lambda.pid!, jobFor(brokerUrl));
       if (brokerRun.non2xx || brokerRun.errors) throw new Error(`broker load run: ${brokerRun.non2xx} non-2xx, ${brokerRun.errors} errors`);
       runs.push({ broker: brokerRun, bare: bareRun });
-      log(`  round ${i + 1}: broker ${brokerRun.requestsPerSecond.toFixed(0)} req/s p99 ${brokerRun.p99Ms} ms; bare ${bareRun.requestsPerSecond.toFixed(0)} req/s p99 ${bareRun.p99Ms} ms`);
+      log(
+        `  round ${i + 1}: broker ${brokerRun.requestsPerSecond.toFixed(0)} req/s p99 ${brokerRun.p99Ms} ms ${brokerRun.cpuMicrosPerAnswer.toFixed(1)} µs CPU/answer; bare ${bareRun.requestsPerSecond.toFixed(0)} req/s p99 ${bareRun.p99Ms} ms ${bareRun.cpuMicrosPerAnswer.toFixed(1)} µs CPU/answer`,
+      );
     }
     const rps = median(runs.map((r) => r.broker.requestsPerSecond));
     const bareRps = median(runs.map((r) => r.bare.requestsPerSecond));
@@ -237,6 +257,10 @@ async function serving(): Promise<void> {
     figure({ section, name: "requests per second", broker: rps.toFixed(0), baseline: bareRps.toFixed(0), ratio: ratio(rps, bareRps), goal: "≥ 0.70×", met: rps / bareRps >= 0.7 });
     figure({ section, name: "p99 latency", broker: ms(p99), baseline: ms(bareP99), ratio: ratio(p99, bareP99), goal: "≤ 2.00×", met: p99 / bareP99 <= 2 });
     figure({ section, name: "p50 latency", broker: ms(p50), baseline: ms(bareP50), ratio: ratio(p50, bareP50), goal: "—", met: undefined });
+    // CPU per answer moves less with the machine's other load than requests per second do.
+    const cpu = median(runs.map((r) => r.broker.cpuMicrosPerAnswer));
+    const bareCpu = median(runs.map((r) => r.bare.cpuMicrosPerAnswer));
+    figure({ section, name: "server CPU time per answer", broker: `${cpu.toFixed(1)} µs`, baseline: `${bareCpu.toFixed(1)} µs`, ratio: ratio(cpu, bareCpu), goal: "—", met: undefined });
     notes.push(
       `Serving: ${connections} connections, ${durationSeconds} s per run, pipelining 1, same request headers to both; ${runs.length} alternating rounds after a 1 s untimed run each, medians shown. Answer: ${Buffer.byteLength(body)} bytes of JSON; the session token sent is ${SESSION_TOKEN.length} characters, as long as Lambda's.`,
     );
