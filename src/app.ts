@@ -30,6 +30,8 @@ const MAX_MIN_TTL = 3600;
 /** Requests carry no body; a small limit keeps a hostile client from costing memory. */
 const BODY_LIMIT = 1024;
 const METHODS_NOT_GET = ["DELETE", "HEAD", "PATCH", "POST", "PUT", "OPTIONS"] as const;
+/** What fastify sets on JSON it serializes itself; the token answers, sent as text, say the same. */
+const JSON_TYPE = "application/json; charset=utf-8";
 
 type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "token_unavailable" | "internal";
 const STATUS: Record<ErrorCode, number> = {
@@ -155,18 +157,34 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     }
   }
 
-  const tokenBody = (t: AccessToken, name: string) => {
+  /**
+   * The last answer's text per route and target. Nearly every request gets the same token with
+   * the same `expires_in` as the one before it, so the text is reused rather than built and
+   * serialized again: about 1 µs of the 22 µs of CPU a cached answer costs under load (npm run
+   * bench, "server CPU time per answer"), and less garbage.
+   */
+  const answered = new Map<string, { token: AccessToken; expiresIn: number; text: string }>();
+  const answer = (reply: FastifyReply, key: string, t: AccessToken, expiresIn: number, body: () => object): FastifyReply => {
+    let last = answered.get(key);
+    if (last?.token !== t || last.expiresIn !== expiresIn) {
+      last = { token: t, expiresIn, text: JSON.stringify(body()) };
+      answered.set(key, last);
+    }
+    return reply.type(JSON_TYPE).send(last.text);
+  };
+
+  const tokenBody = (reply: FastifyReply, t: AccessToken, name: string) => {
     // The fingerprint is a SHA-256: worth computing only when the line is written.
     if (log.level === "debug") log.debug("token served", { target: name, route: "token", token: fingerprint(t.accessToken) });
-    const nowMs = now();
-    return {
+    const expiresIn = Math.floor((t.expiresAt - now()) / 1000);
+    return answer(reply, `token ${name}`, t, expiresIn, () => ({
       access_token: t.accessToken,
       token_type: "Bearer",
-      expires_in: Math.floor((t.expiresAt - nowMs) / 1000),
+      expires_in: expiresIn,
       expires_on: Math.floor(t.expiresAt / 1000),
       scope: t.scope,
       target: name,
-    };
+    }));
   };
 
   // Not async: a cached token, the answer to nearly every request, goes out without a promise.
@@ -180,8 +198,8 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     const minTtl = minTtlOf(req, reply);
     if (typeof minTtl === "object") return minTtl;
     const ready = cache.ready?.(name, { minTtlSeconds: minTtl });
-    if (ready) return tokenBody(ready, name);
-    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? tokenBody(t, name) : t));
+    if (ready) return tokenBody(reply, ready, name);
+    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? tokenBody(reply, t, name) : t));
   };
 
   const metadataBody = (t: AccessToken, name: string) => {

@@ -65,6 +65,19 @@ describe("GET /token", () => {
     expect((await app.inject({ url: "/token", headers: auth })).json().expires_in).toBe(3599);
   });
 
+  it("answers the new token once the cache holds it, and each target and route its own", async () => {
+    const { app, clock } = setup();
+    expect((await app.inject({ url: "/token", headers: auth })).json().access_token).toBe("dapi-default-1");
+    expect((await app.inject({ url: "/token/acct", headers: auth })).json()).toMatchObject({ access_token: expect.stringMatching(/^dapi-acct-/), target: "acct" });
+    expect((await app.inject({ url: "/metadata", headers: meta })).json()).toEqual({ access_token: "dapi-default-1", token_type: "Bearer", expires_on: Math.floor((T0 + 3_600_000) / 1000) });
+    // 100 s left, under the minimum TTL: the next answer must carry a fresh token.
+    clock.t += 3_500_000;
+    const fresh = (await app.inject({ url: "/token", headers: auth })).json();
+    expect(fresh).toMatchObject({ access_token: expect.not.stringMatching(/^dapi-default-1$/), expires_in: 3600 });
+    expect((await app.inject({ url: "/metadata", headers: meta })).json()).toMatchObject({ access_token: fresh.access_token });
+    expect((await app.inject({ url: "/token", headers: auth })).json()).toMatchObject({ access_token: fresh.access_token, target: "default" });
+  });
+
   it("serves named targets", async () => {
     const { app } = setup();
     const r = await app.inject({ url: "/token/acct", headers: auth });
