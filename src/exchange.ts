@@ -43,8 +43,8 @@ const MAX_RETRY_AFTER_MS = 60_000;
 /** Bearer tokens are header values: visible ASCII only (RFC 6750 §2.1 b64token, loosened). */
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
-/** Reads at most `limit` bytes of a body; undefined when it is larger. */
-async function readLimited(res: Response, limit: number): Promise<string | undefined> {
+/** Reads at most `limit` bytes of a body; undefined when it is larger (the rest is cancelled, not read). */
+export async function readLimited(res: Response, limit: number): Promise<string | undefined> {
   if (!res.body) return "";
   const declared = Number(res.headers.get("content-length"));
   if (Number.isFinite(declared) && declared > limit) {

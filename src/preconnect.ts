@@ -11,7 +11,7 @@
  * function, and its answer is read (so the connection can be reused) and dropped.
  */
 import type { Target } from "./config.js";
-import type { FetchLike } from "./exchange.js";
+import { type FetchLike, readLimited } from "./exchange.js";
 import type { Logger } from "./log.js";
 
 /** A warm-up that takes longer than this has missed its moment; the exchange connects on its own. */
@@ -53,27 +53,12 @@ export async function preconnect(fetch: FetchLike, urls: readonly string[], log:
     urls.map(async (url) => {
       try {
         const res = await fetch(url, { method: "GET", headers: { accept: "application/json" }, signal: AbortSignal.timeout(PRECONNECT_TIMEOUT_MS) });
-        await drain(res);
+        // Read to its end, the body hands the connection back to the pool; a large one is cancelled.
+        await readLimited(res, MAX_DRAINED_BYTES);
         log.debug("connection to the token endpoint opened", { url, status: res.status });
       } catch (err) {
         log.debug("could not open the connection to the token endpoint ahead of the exchange", { url, error: err });
       }
     }),
   );
-}
-
-/** Reads the body to its end, which hands the connection back to the pool; a large one is cancelled. */
-async function drain(res: Response): Promise<void> {
-  if (!res.body) return;
-  const reader = res.body.getReader();
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return;
-    size += value.byteLength;
-    if (size > MAX_DRAINED_BYTES) {
-      await reader.cancel().catch(() => {});
-      return;
-    }
-  }
 }
