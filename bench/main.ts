@@ -22,6 +22,8 @@ const BENCH_DIR = process.env.BENCH_DIR ?? fileURLToPath(new URL(".", import.met
 const LAYER_DIR = process.env.BENCH_LAYER_DIR ?? join(BENCH_DIR, "..", "layer");
 const REPO = join(BENCH_DIR, "..", "..");
 const LAUNCHER = join(LAYER_DIR, "extensions", "databricks-token-broker");
+/** The bundle the launcher runs, beside the launcher's directory (layer/build.mjs). */
+const ENTRY = "index.cjs";
 
 /** Upstream delays of issue 5 §3–§5: STS answers in 50 ms, the exchange in 80 ms. */
 const STS_DELAY_MS = 50;
@@ -137,7 +139,7 @@ async function initOk(b: Broker): Promise<void> {
 /** A copy of the layer's launcher whose last line runs `nodeArgs` instead of the bundle: "bare Node.js, started the same way". */
 async function bareLauncher(dir: string, nodeArgs: string): Promise<string> {
   const text = await readFile(LAUNCHER, "utf8");
-  const line = 'exec "$node" "$bundle/index.mjs"';
+  const line = `exec "$node" "$bundle/${ENTRY}"`;
   if (!text.includes(line)) throw new Error(`the launcher no longer ends with ${line}`);
   await mkdir(join(dir, "extensions"), { recursive: true });
   await mkdir(join(dir, "databricks-token-broker"), { recursive: true });
@@ -278,18 +280,10 @@ const kib = (bytes: number) => `${(bytes / 1024).toFixed(0)} KiB`;
 /** The extension's JavaScript in the layer (the CLI apart): what start-up parses, and everything. */
 function bundleSizes(): { startup: number; total: number } {
   const dir = join(LAYER_DIR, "databricks-token-broker");
-  const files = readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".mjs") && f !== "cli.mjs");
+  const files = readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((f) => /\.[cm]js$/.test(f) && f !== "cli.mjs");
   const size = (f: string) => statSync(join(dir, f)).size;
-  // Static imports only (`import ... from "./chunks/..."`), followed from index.mjs; `import("...")` loads later.
-  const seen = new Set<string>();
-  const visit = (f: string) => {
-    if (seen.has(f)) return;
-    seen.add(f);
-    const text = readFileSync(join(dir, f), "utf8");
-    for (const m of text.matchAll(/(?:^|[;\s}])import\s*(?:[^"'()]*?from\s*)?["'](\.\/[^"']+)["']/g)) visit(join(f, "..", m[1]!));
-  };
-  visit("index.mjs");
-  return { startup: [...seen].reduce((n, f) => n + size(f), 0), total: files.reduce((n, f) => n + size(f), 0) };
+  // The entry is one CommonJS file; everything under lazy/ is loaded by `import()`, later.
+  return { startup: size(ENTRY), total: files.reduce((n, f) => n + size(f), 0) };
 }
 
 async function startup(): Promise<void> {
@@ -332,7 +326,7 @@ async function startup(): Promise<void> {
   figure({ section, name: "resident memory after init", broker: mib(median(rssInit)), baseline: mib(base), ratio: ratio(median(rssInit), base), goal: "< 1.50×", met: median(rssInit) / base < 1.5 });
   figure({ section, name: "resident memory with a token cached", broker: mib(median(rssToken)), baseline: mib(base), ratio: ratio(median(rssToken), base), goal: "—", met: undefined });
   const sizes = bundleSizes();
-  figure({ section, name: "bundle loaded at start-up (index.mjs and its static imports)", broker: kib(sizes.startup), baseline: "—", ratio: "—", goal: "report", met: undefined });
+  figure({ section, name: "bundle loaded at start-up (index.cjs)", broker: kib(sizes.startup), baseline: "—", ratio: "—", goal: "report", met: undefined });
   figure({ section, name: "bundle in all (with the chunks loaded at the first token)", broker: kib(sizes.total), baseline: "—", ratio: "—", goal: "report", met: undefined });
   notes.push(
     `Start-up: ${registered.length} alternating runs of each, medians shown. Baseline: the layer's launcher with its last line running \`node -e ''\`, spawned by the same emulator, timed from spawn to exit. Memory: VmRSS of the extension's process when it asks for its first event, and again once its first token is cached; baseline: \`node -e\` with an idle timer, started the same way, once it printed a line.`,

@@ -95,7 +95,9 @@ describe("npm run build", () => {
   it("layer.zip: the launcher is executable, the bundle self-contained, and it runs from any directory", async () => {
     const { dir, entries } = await unpacked("layer.zip");
     expect(entries.find((e) => e.name === "extensions/databricks-token-broker")?.mode).toBe(0o755);
-    expect(entries.some((e) => e.name === "databricks-token-broker/index.mjs")).toBe(true);
+    expect(entries.some((e) => e.name === "databricks-token-broker/index.cjs")).toBe(true);
+    expect(entries.some((e) => e.name === "databricks-token-broker/lazy/sts-client.mjs")).toBe(true);
+    expect(entries.some((e) => e.name === "databricks-token-broker/lazy/app.mjs")).toBe(true);
     expect(entries.every((e) => !e.name.includes("node_modules"))).toBe(true);
     // Node.js on PATH, as on an OS-only runtime that happens to have it; the bundle needs no node_modules.
     expect(await runFrom(dir, `${dirname(process.execPath)}:/usr/bin:/bin`)).toBe(process.version);
