@@ -20,7 +20,8 @@ export interface ExtensionsApi {
    * must not delay the registration itself can start there and overlap its round trip.
    */
   register(name: string, events: EventType[], onSent?: () => void): Promise<string>;
-  next(): Promise<LambdaEvent>;
+  /** `onSent` as for `register`: the event may be hours away, the request's send is not. */
+  next(onSent?: () => void): Promise<LambdaEvent>;
   initError(errorType: string, message: string): Promise<void>;
   exitError(errorType: string, message: string): Promise<void>;
 }
@@ -73,8 +74,8 @@ export function createExtensionsApi(runtimeApi: string): ExtensionsApi {
       id = got;
       return got;
     },
-    async next() {
-      const a = check("event/next", await request(runtimeApi, "GET", "/event/next", idHeader()));
+    async next(onSent) {
+      const a = check("event/next", await request(runtimeApi, "GET", "/event/next", idHeader(), undefined, onSent));
       return JSON.parse(a.body) as LambdaEvent;
     },
     initError: (errorType, message) => report("init", errorType, message),

@@ -121,28 +121,21 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     return failInit(api, log, events, "Extension.ListenFailed", `${EXTENSION_NAME}: DATABRICKS_TOKEN_BROKER_PORT: ${why}`);
   }
 
-  // Once the registration request is out, and while Lambda answers it: ::1, then the first
-  // token's work (the SDK loads during the round trip rather than after it). 127.0.0.1 was
+  // ::1 is bound once the registration request is out, while Lambda answers it. 127.0.0.1 was
   // bound before registering, as SPEC §4 orders; ::1 can wait these few milliseconds, as the
   // runtime, the broker's client, is started only once Lambda has the registration. Run once
   // the answer is in at the latest, for an Extensions API client that does not report the send.
   let ipv6: Promise<unknown> | undefined;
-  const afterSent = () => {
+  const afterRegisterSent = () => {
     if (ipv6) return;
     ipv6 = listener.listenOnIpv6();
     // Awaited below; until then a failure must not count as unhandled.
     ipv6.catch(() => {});
-    if (snapStart) {
-      // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
-      preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
-      return;
-    }
-    cache.refreshDue();
-    // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
-    void cache.settled().then(loadApp);
+    // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
+    if (snapStart) preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
   };
-  await api.register(EXTENSION_NAME, events, afterSent);
-  afterSent();
+  await api.register(EXTENSION_NAME, events, afterRegisterSent);
+  afterRegisterSent();
   try {
     await ipv6;
   } catch (err) {
@@ -165,8 +158,22 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
   const app = serve(appWanted, listener, log, { config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now });
   if (snapStart) await app;
 
+  // The prefetch starts once the first `next` is out: that request ends the extension's init,
+  // and Lambda's init phase (billed, and waited for) should not also hold the SDK's loading,
+  // some 45 ms of CPU. The registration answer comes back within a millisecond or two, while
+  // ::1 is being bound, so the first token starts hardly later for it. An Extensions API
+  // client that does not report the send leaves it to the first INVOKE or sweep.
+  let prefetching = snapStart;
+  const prefetch = () => {
+    if (prefetching) return;
+    prefetching = true;
+    cache.refreshDue();
+    // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
+    void cache.settled().then(loadApp);
+  };
+
   for (;;) {
-    const event = await api.next();
+    const event = await api.next(prefetch);
     if (event.eventType === "SHUTDOWN") {
       clearInterval(sweep);
       const budget = Math.max(0, event.deadlineMs - now() - SHUTDOWN_MARGIN_MS);

@@ -32,8 +32,9 @@ function scriptedApi(duringRegistration: () => Promise<void>) {
       await duringRegistration();
       return "extension-id";
     },
-    next: () =>
+    next: (onSent) =>
       new Promise((resolve) => {
+        onSent?.();
         const e = queued.shift();
         if (e) resolve(e);
         else waiting = resolve;
