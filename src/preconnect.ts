@@ -52,7 +52,8 @@ export async function preconnect(fetch: FetchLike, urls: readonly string[], log:
   await Promise.all(
     urls.map(async (url) => {
       try {
-        const res = await fetch(url, { method: "GET", headers: { accept: "application/json" }, signal: AbortSignal.timeout(PRECONNECT_TIMEOUT_MS) });
+        // A redirect (a proxy's login page, say) is not followed: only this origin's connection is wanted.
+        const res = await fetch(url, { method: "GET", headers: { accept: "application/json" }, redirect: "manual", signal: AbortSignal.timeout(PRECONNECT_TIMEOUT_MS) });
         // Read to its end, the body hands the connection back to the pool; a large one is cancelled.
         await readLimited(res, MAX_DRAINED_BYTES);
         log.debug("connection to the token endpoint opened", { url, status: res.status });

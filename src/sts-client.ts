@@ -63,7 +63,7 @@ interface WireRequest {
 }
 
 /** True when `req`, a node:http request starting now, is the one the SDK sends for `wanted`. */
-function isSdkRequest(req: ClientRequest, wanted: WireRequest | undefined): boolean {
+export function isSdkRequest(req: ClientRequest, wanted: WireRequest | undefined): boolean {
   if (!wanted || req.method !== wanted.method || req.host !== wanted.hostname || !req.path.startsWith(wanted.path ?? "/")) return false;
   // The Host header carries the port: another server on the same host is not STS.
   const host = wanted.headers?.host;

@@ -12,7 +12,7 @@ import type { Target } from "../src/config.js";
 import { createExtensionsApi } from "../src/extensions-api.js";
 import { createLogger, silentLogger } from "../src/log.js";
 import { discoveryUrlOf, preconnect, preconnectUrls } from "../src/preconnect.js";
-import { createStsClient } from "../src/sts-client.js";
+import { createStsClient, isSdkRequest } from "../src/sts-client.js";
 import { startSts } from "./standins/sts.js";
 
 const closers: (() => Promise<void> | void)[] = [];
@@ -80,6 +80,14 @@ describe("preconnect", () => {
     expect(sockets.size).toBe(1);
   });
 
+  it("does not follow a redirect: only the token endpoint's origin is wanted", async () => {
+    const elsewhere = await server((_req, res) => res.end("{}"));
+    const redirecting = await server((_req, res) => res.writeHead(302, { location: `${elsewhere.url}/login` }).end());
+    await preconnect(fetch, [`${redirecting.url}/oidc/.well-known/oauth-authorization-server`], silentLogger);
+    expect(redirecting.seen).toHaveLength(1);
+    expect(elsewhere.seen).toEqual([]);
+  });
+
   it("never rejects: a refused connection, an error status, or an endless body is only logged at debug", async () => {
     const lines: string[] = [];
     const log = createLogger({ level: "debug", write: (l) => lines.push(l) });
@@ -111,8 +119,6 @@ describe("the STS client's signal that its request is written", () => {
     const sts = await startSts({ region: "us-east-1" });
     closers.push(() => sts.close());
     sts.setFault({ kind: "delay", ms: 200 });
-    // Another server on the same host, asked with the same method and path while the call runs: not STS.
-    const other = await server((_req, res) => res.end("<x/>"));
     const saved = { ...process.env };
     Object.assign(process.env, { AWS_ENDPOINT_URL_STS: sts.url, AWS_ACCESS_KEY_ID: "AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY: "secret", AWS_SESSION_TOKEN: "session" });
     closers.push(() => {
@@ -122,17 +128,28 @@ describe("the STS client's signal that its request is written", () => {
     const client = createStsClient("us-east-1", { onSent: () => sent.push(performance.now()) });
     closers.push(() => client.destroy());
     const command = () => new GetWebIdentityTokenCommand({ Audience: ["databricks"], SigningAlgorithm: "RS256", DurationSeconds: 300 });
-    const call = client.send(command());
-    const unrelated = new Promise<void>((resolve, reject) => {
-      http.request(`${other.url}/`, { method: "POST" }, (res) => res.resume().on("end", resolve)).on("error", reject).end("Action=x");
-    });
-    await unrelated;
-    expect(sent).toHaveLength(1);
-    const answered = await call.then(() => performance.now());
+    const answered = await client.send(command()).then(() => performance.now());
     expect(sts.calls).toHaveLength(1);
+    expect(sent).toHaveLength(1);
     expect(sent[0]!).toBeLessThan(answered - 150);
     await client.send(command());
     expect(sent).toHaveLength(2);
+  });
+
+  it("tells the SDK's request from another one started meanwhile: same host, another port, method or path", () => {
+    const wanted = { method: "POST", hostname: "127.0.0.1", path: "/", headers: { host: "127.0.0.1:1111" } };
+    const started = (port: number, method: string, path: string) => {
+      const req = http.request({ host: "127.0.0.1", port, method, path, headers: { host: `127.0.0.1:${port}` } });
+      // Never sent: only its description is looked at.
+      req.on("error", () => {});
+      req.destroy();
+      return req;
+    };
+    expect(isSdkRequest(started(1111, "POST", "/"), wanted)).toBe(true);
+    expect(isSdkRequest(started(2222, "POST", "/"), wanted)).toBe(false);
+    expect(isSdkRequest(started(1111, "GET", "/"), wanted)).toBe(false);
+    expect(isSdkRequest(started(1111, "POST", "/other"), { ...wanted, path: "/sts" })).toBe(false);
+    expect(isSdkRequest(started(1111, "POST", "/"), undefined)).toBe(false);
   });
 });
 
