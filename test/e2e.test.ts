@@ -69,7 +69,7 @@ describe("the extension in a Lambda environment", () => {
 
   it("opens the connection to the token endpoint while STS answers, and the exchange uses it", async () => {
     // STS as slow as a cold TLS handshake makes it: time enough for the warm-up to finish.
-    const s = await stack({ before: ({ sts }) => sts.setFault({ kind: "delay", ms: 200 }) });
+    const s = await stack({ before: ({ sts }) => sts.setFault({ kind: "delay", ms: 300 }) });
     await s.lambda.init;
     expect((await s.token()).status).toBe(200);
     // One GET of the discovery document, without credentials, while the STS call was out.
