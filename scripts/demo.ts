@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { freePort, LAUNCHER, ROOT, SESSION_TOKEN, startStack, type Stack } from "../test/stack.js";
+import { freePort, LAUNCHER, logs, ROOT, SESSION_TOKEN, startStack, type Stack } from "../test/stack.js";
 
 const HELP = `npm start [-- options]
 
@@ -68,7 +68,9 @@ async function main(): Promise<number> {
     say(`cold start: Lambda starts ${LAUNCHER.replace(`${ROOT}/`, "")}`);
     const init = await s.lambda.init;
     if (!init.ok) throw new Error(`init failed: ${JSON.stringify(init)}\n${s.lambda.stdout.join("\n")}`);
-    say(`extension listening on 127.0.0.1:${port} and registered for ${init.registration.events.join(", ")} after ${init.spawnToRegisteredMs.toFixed(0)} ms; init done, prefetch running`);
+    const listening = logs(s.lambda).find((l) => l.msg === "listening")?.addresses;
+    const addresses = Array.isArray(listening) ? listening.join(", ") : `127.0.0.1:${port}`;
+    say(`extension listening on ${addresses} and registered for ${init.registration.events.join(", ")} after ${init.spawnToRegisteredMs.toFixed(0)} ms; init done, prefetch running`);
 
     // The function: the repository's Node.js example, with the environment Lambda would give it.
     Object.assign(process.env, { DATABRICKS_HOST: s.db.url, AWS_SESSION_TOKEN: SESSION_TOKEN, DATABRICKS_TOKEN_BROKER_PORT: String(port) });
