@@ -264,7 +264,7 @@ async function serving(): Promise<void> {
     const bareCpu = median(runs.map((r) => r.bare.cpuMicrosPerAnswer));
     figure({ section, name: "server CPU time per answer", broker: `${cpu.toFixed(1)} µs`, baseline: `${bareCpu.toFixed(1)} µs`, ratio: ratio(cpu, bareCpu), goal: "—", met: undefined });
     notes.push(
-      `Serving: ${connections} connections, ${durationSeconds} s per run, pipelining 1, same request headers to both; ${runs.length} alternating rounds after a 1 s untimed run each, medians shown. Answer: ${Buffer.byteLength(body)} bytes of JSON; the session token sent is ${SESSION_TOKEN.length} characters, as long as Lambda's.`,
+      `Serving: ${connections} connections, ${durationSeconds} s per run, pipelining 1, same request headers to both; ${runs.length} alternating rounds after a 1 s untimed run each, medians shown. Answer: ${Buffer.byteLength(body)} bytes of JSON; the session token sent is ${SESSION_TOKEN.length} characters, as long as Lambda's. Server CPU time per answer: the user and system CPU time the server process used during a run (/proc/<pid>/stat), divided by the answers autocannon counted.`,
     );
   } finally {
     bare.child.kill();
