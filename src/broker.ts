@@ -5,9 +5,8 @@
 import type { Config, Target } from "./config.js";
 import { explainExchangeFailure } from "./diagnosis.js";
 import { createExchange, type FetchLike } from "./exchange.js";
-import type { Logger } from "./log.js";
 import { createStsSource, type StsLike } from "./sts.js";
-import { TokenCache, type TokenSource } from "./token-cache.js";
+import { TokenCache, type TokenCacheOptions, type TokenSource } from "./token-cache.js";
 
 /** Errors of a kept-alive connection the peer closed while this process was frozen. */
 const STALE_SOCKET_CODES = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET"]);
@@ -36,13 +35,10 @@ async function retryStaleOnce<T>(step: () => Promise<T>): Promise<T> {
   }
 }
 
-export interface BrokerDeps {
+/** The pipeline's side effects; the clock, jitter and sleep go on to the cache as given. */
+export interface BrokerDeps extends Pick<TokenCacheOptions, "log" | "now" | "random" | "sleep"> {
   sts: StsLike;
   fetch: FetchLike;
-  log: Logger;
-  now?: () => number;
-  random?: () => number;
-  sleep?: (ms: number) => Promise<void>;
 }
 
 /** Builds the token cache for `config`, with a fresh STS JWT for every exchange. */
