@@ -1,0 +1,16 @@
+export declare const ROOT: string;
+export declare const CACHE: string;
+export declare const BIN: string;
+export declare const RIE_MODULE: string;
+export declare const RIE_VERSION: string;
+export declare const RIE: string;
+export declare const REQUIREMENTS: string;
+export declare const VENV: string;
+export declare const PYTHON: string;
+export declare const NODE_RIC_VERSION: string;
+export declare const NODE_RIC_DIR: string;
+export declare const NODE_RIC: string;
+export declare const GO_PEER_SRC: string;
+export declare const GO_PEER: string;
+export declare const TASK_ROOT: string;
+export declare const OPT: string;
