@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { startDatabricks, type DatabricksOptions, type DatabricksStandIn } from "./standins/databricks.js";
 import { type LambdaEmulator, startLambda, type StartLambdaOptions } from "./standins/lambda.js";
 import { startSts, type StsOptions, type StsStandIn } from "./standins/sts.js";
+import { LAMBDA_CREDENTIALS } from "./standins/credentials.js";
 import { findLeaks, type RecordedAnswer } from "./secrets.js";
 
 export const ROOT = join(fileURLToPath(new URL(".", import.meta.url)), "..");
@@ -74,8 +75,12 @@ export interface StackOptions {
   before?: (standIns: { sts: StsStandIn; db: DatabricksStandIn }) => void;
 }
 
+/** The execution role's credentials in the emulated environment, and so the key the STS stand-in knows. */
+export const ROLE_CREDENTIALS = { ...LAMBDA_CREDENTIALS, sessionToken: SESSION_TOKEN };
+
 export async function startStack(o: StackOptions = {}): Promise<Stack> {
-  const sts = await startSts({ region: "us-east-1", ...o.sts });
+  // The account knows the role's key; a test that puts other credentials into `env` is refused as AWS would refuse it.
+  const sts = await startSts({ region: "us-east-1", credentials: [ROLE_CREDENTIALS], ...o.sts });
   const db = await startDatabricks({
     policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
     // As Databricks documents: the access token lives no longer than the JWT it was exchanged for.

@@ -17,8 +17,9 @@ import {
   type DatabricksSettings,
   type DatabricksStandIn,
 } from "./standins/databricks.js";
+import { EXAMPLE_CREDENTIALS } from "./standins/credentials.js";
 
-const credentials = { accessKeyId: "AKIDTEST", secretAccessKey: "x", sessionToken: "y" };
+const credentials = EXAMPLE_CREDENTIALS;
 const SP_ID = "a1b2c3d4-0000-4000-8000-00000000beef";
 const FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:broker-test";
 
@@ -138,7 +139,7 @@ describe("STS stand-in", () => {
       audience: ["databricks"],
       signingAlgorithm: alg,
       durationSeconds: 900,
-      accessKeyId: "AKIDTEST",
+      accessKeyId: EXAMPLE_CREDENTIALS.accessKeyId,
       ok: true,
       status: 200,
     });

@@ -3,8 +3,11 @@
 // XML answers in the https://iam.amazonaws.com/doc/2010-05-08/ namespace). The error codes are
 // the wire codes of the client's error registry: `FeatureDisabled` (404) and `FeatureEnabled`
 // (409), which the client turns into FeatureDisabledException / FeatureEnabledException.
-// Linked to the STS stand-in, it shares its enabled switch and reports its issuer.
+// Every request must be SigV4-signed (sigv4.ts) with a key the account knows. Linked to the
+// STS stand-in, it shares its enabled switch, its keys and its clock, and reports its issuer.
 import { randomUUID } from "node:crypto";
+import { KNOWN_CREDENTIALS } from "./credentials.js";
+import { type AwsCredential, verifySigV4 } from "./sigv4.js";
 import { type AwsFault, FaultPlan, listenLoopback, playAwsFault, readBody, type Handler, type StsStandIn } from "./sts.js";
 
 const XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/";
@@ -27,11 +30,22 @@ export interface IamSettings {
    * success with `JwtVendingEnabled=false` (an account that had it once, and still has an issuer).
    */
   disabledAnswer: "FeatureDisabled" | "JwtVendingEnabled=false";
+  /** The account's keys (SigV4); the STS stand-in's when linked, else KNOWN_CREDENTIALS. */
+  credentials: AwsCredential[];
+  /**
+   * The only region a signature may be scoped to; undefined accepts any. IAM is global and its
+   * real endpoint wants us-east-1, but an SDK pointed at a custom endpoint (the only way to reach
+   * this stand-in) signs with the client's own region, where against AWS it would resolve the
+   * global endpoint and sign for us-east-1: accepting any region is what the client would see.
+   */
+  region?: string;
 }
 
 export interface IamOptions extends Partial<IamSettings> {
-  /** Share the enabled switch and the issuer with this STS stand-in. */
+  /** Share the enabled switch, the keys, the clock and the issuer with this STS stand-in. */
   sts?: StsStandIn;
+  /** Wall clock in ms for the SigV4 time check (default Date.now). */
+  now?: () => number;
 }
 
 export type IamFault = AwsFault;
@@ -60,7 +74,6 @@ export interface IamStandIn {
   close(): Promise<void>;
 }
 
-const SIGV4 = /^AWS4-HMAC-SHA256 Credential=([^/\s]+)\/(\d{8})\/([^/\s]+)\/([^/\s]+)\/aws4_request,\s*SignedHeaders=[a-z0-9;-]+,\s*Signature=[0-9a-f]{64}$/;
 const xmlEscape = (s: string) => s.replace(/[<>&]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;" })[c]!);
 
 export async function startIam(options: IamOptions = {}): Promise<IamStandIn> {
@@ -71,17 +84,23 @@ export async function startIam(options: IamOptions = {}): Promise<IamStandIn> {
     accountId: options.accountId ?? sts?.settings.accountId ?? "123456789012",
     denied: options.denied ?? [],
     disabledAnswer: options.disabledAnswer ?? "FeatureDisabled",
+    credentials: options.credentials ?? [...KNOWN_CREDENTIALS],
+    region: options.region,
   };
+  const now = options.now ?? sts?.now ?? Date.now;
   if (sts) {
-    // One account, one switch: enabling through IAM is what lets STS sign.
+    // One account, one switch: enabling through IAM is what lets STS sign. One account, one set of keys.
     if (options.enabled !== undefined) sts.settings.enabled = options.enabled;
-    Object.defineProperty(settings, "enabled", {
-      get: () => sts.settings.enabled,
-      set: (v: boolean) => {
-        sts.settings.enabled = v;
-      },
-      enumerable: true,
-    });
+    if (options.credentials !== undefined) sts.settings.credentials = options.credentials;
+    for (const key of ["enabled", "credentials"] as const) {
+      Object.defineProperty(settings, key, {
+        get: () => sts.settings[key],
+        set: (v: never) => {
+          sts.settings[key] = v;
+        },
+        enumerable: true,
+      });
+    }
   }
   const calls: IamCall[] = [];
   const faults = new FaultPlan<IamFault>();
@@ -92,8 +111,7 @@ export async function startIam(options: IamOptions = {}): Promise<IamStandIn> {
     const url = new URL(req.url ?? "/", "http://127.0.0.1");
     const params = new URLSearchParams(url.search);
     for (const [k, v] of new URLSearchParams(body ?? "")) params.append(k, v);
-    const sigv4 = SIGV4.exec(req.headers.authorization ?? "");
-    const call: IamCall = { time: Date.now(), action: params.get("Action") ?? undefined, region: sigv4?.[3], service: sigv4?.[4], status: 0 };
+    const call: IamCall = { time: now(), action: params.get("Action") ?? undefined, status: 0 };
     calls.push(call);
 
     const answer = (status: number, xml: string) => {
@@ -123,9 +141,13 @@ export async function startIam(options: IamOptions = {}): Promise<IamStandIn> {
 
     if (req.method !== "POST" || url.pathname !== "/") return fail(404, "UnknownOperationException", `No operation at ${req.method} ${url.pathname}`);
     if (body === undefined) return fail(413, "RequestEntityTooLarge", "Request body is too large");
-    // The signature itself is not checked, only that one is there and is scoped to IAM.
-    if (!sigv4) return fail(403, "MissingAuthenticationToken", "Request is missing Authentication Token");
-    if (sigv4[4] !== "iam") return fail(403, "SignatureDoesNotMatch", "Credential should be scoped to correct service: 'iam'. ");
+    const signed = verifySigV4(
+      { method: req.method, url: req.url ?? "/", rawHeaders: req.rawHeaders, body },
+      { service: "iam", region: settings.region, credentials: settings.credentials, now: now() },
+    );
+    call.region = signed.region;
+    call.service = signed.service;
+    if (!signed.ok) return fail(signed.failure.status, signed.failure.code, signed.failure.message);
     const action = call.action;
     if ((action !== GET_INFO && action !== ENABLE) || params.get("Version") !== API_VERSION) {
       return fail(400, "InvalidAction", `Could not find operation ${action ?? "(none)"} for version ${params.get("Version") ?? "(none)"}`);

@@ -14,6 +14,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
+import { LAMBDA_CREDENTIALS } from "./credentials.js";
 
 const API_PREFIX = "/2020-01-01/extension";
 
@@ -232,10 +233,11 @@ function lambdaDefaults(runtimeApi: string): Record<string, string> {
     AWS_LAMBDA_FUNCTION_VERSION: "$LATEST",
     AWS_LAMBDA_FUNCTION_MEMORY_SIZE: "128",
     AWS_LAMBDA_INITIALIZATION_TYPE: "on-demand",
-    // The AWS documentation's example key pair: well-formed, and valid nowhere.
-    AWS_ACCESS_KEY_ID: "ASIAIOSFODNN7EXAMPLE",
-    AWS_SECRET_ACCESS_KEY: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    AWS_SESSION_TOKEN: "IQoJb3JpZ2luX2VjEmulatedSessionTokenForLocalTestsOnly",
+    // The AWS documentation's example key pair: well-formed, and valid nowhere (the STS
+    // stand-in knows it, so the extension's signed calls pass there).
+    AWS_ACCESS_KEY_ID: LAMBDA_CREDENTIALS.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: LAMBDA_CREDENTIALS.secretAccessKey,
+    AWS_SESSION_TOKEN: LAMBDA_CREDENTIALS.sessionToken!,
     TZ: ":UTC",
     LANG: "en_US.UTF-8",
   };

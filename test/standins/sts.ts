@@ -1,7 +1,10 @@
 // Loopback stand-in for AWS STS GetWebIdentityToken, spoken to by the real @aws-sdk/client-sts
-// (awsQuery protocol: form-encoded POST, XML answers). It is also the JWT issuer: it publishes
-// OIDC discovery and a JWKS at its own base URL, so a relying party can verify what it signs.
-// The shared loopback/fault machinery lives here too; the Databricks stand-in reuses it.
+// and boto3 (both use the awsQuery protocol for STS: form-encoded POST, XML answers; botocore
+// 1.44.8's model says `"protocols": ["query"]`). Every request must carry a valid SigV4
+// signature by a key the stand-in knows (sigv4.ts), as AWS checks it. It is also the JWT
+// issuer: it publishes OIDC discovery and a JWKS at its own base URL, so a relying party can
+// verify what it signs. The shared loopback/fault machinery lives here too; the Databricks
+// stand-in reuses it.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomUUID } from "node:crypto";
@@ -14,6 +17,8 @@ import {
   type JWK,
   type JWTPayload,
 } from "jose";
+import { KNOWN_CREDENTIALS } from "./credentials.js";
+import { type AwsCredential, verifySigV4 } from "./sigv4.js";
 
 // ---------------------------------------------------------------------------------------------
 // Shared machinery
@@ -202,10 +207,15 @@ export interface StsSettings {
   sessionExpiresAt?: number;
   /** Imitates the IAM policy conditions `sts:IdentityTokenAudience` and `sts:DurationSeconds`. */
   allow?: { audiences?: string[]; maxDurationSeconds?: number };
+  /**
+   * The account's keys: a request must be SigV4-signed with one of them (and carry its session
+   * token, if it has one), else it is refused as AWS refuses it. Default: KNOWN_CREDENTIALS.
+   */
+  credentials: AwsCredential[];
 }
 
 export interface StsOptions extends Partial<StsSettings> {
-  /** Wall clock in ms (default Date.now): token times, `calls[].time` and the Date header. */
+  /** Wall clock in ms (default Date.now): token times, `calls[].time`, the Date header and the SigV4 time check. */
   now?: () => number;
 }
 
@@ -291,6 +301,8 @@ export interface StsStandIn {
   readonly issuer: string;
   readonly port: number;
   readonly settings: StsSettings;
+  /** The stand-in's clock (the `now` option). */
+  readonly now: () => number;
   readonly calls: StsCall[];
   readonly issued: IssuedJwt[];
   /** Every GET of the discovery document or the JWKS, to prove relying parties cache them. */
@@ -335,9 +347,6 @@ function members(params: URLSearchParams, prefix: string, suffix = ""): Map<numb
   return new Map([...out].sort((a, b) => a[0] - b[0]));
 }
 
-const SIGV4 =
-  /^AWS4-HMAC-SHA256 Credential=([^/\s]+)\/(\d{8})\/([^/\s]+)\/([^/\s]+)\/aws4_request,\s*SignedHeaders=([a-z0-9;-]+),\s*Signature=([0-9a-f]{64})$/;
-
 export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
   const now = options.now ?? Date.now;
   const roleArn = options.roleArn ?? DEFAULT_ROLE_ARN;
@@ -350,6 +359,7 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     sessionExpiresAt: options.sessionExpiresAt,
     allow: options.allow,
     callerArn: options.callerArn,
+    credentials: options.credentials ?? [...KNOWN_CREDENTIALS],
   };
   const keys = new Map<SigningAlgorithm, SigningKey>();
   let published: JWK[] = [];
@@ -412,8 +422,6 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     const tagKeys = members(params, "Tags", ".Key");
     const tagValues = members(params, "Tags", ".Value");
     const durationRaw = params.get("DurationSeconds");
-    const auth = req.headers.authorization ?? "";
-    const sigv4 = SIGV4.exec(auth);
     const call: StsCall = {
       time: now(),
       action: params.get("Action") ?? undefined,
@@ -421,7 +429,6 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
       signingAlgorithm: params.get("SigningAlgorithm") ?? undefined,
       durationSeconds: durationRaw === null ? undefined : Number(durationRaw),
       tags: Object.fromEntries([...tagKeys].map(([n, k]) => [k, tagValues.get(n) ?? ""])),
-      accessKeyId: sigv4?.[1],
       status: 0,
       ok: false,
     };
@@ -436,20 +443,12 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
       `eyJhbGciOiJSUzI1NiJ9.${"x".repeat(200)}</WebIdentityToken></GetWebIdentityTokenResult></GetWebIdentityTokenResponse>`;
     if (await playAwsFault(faults.take(), call, res, fail, cutShort)) return;
 
-    // SigV4: the signature itself is not checked, only that one is present and scoped to this endpoint.
-    if (!auth && !params.has("X-Amz-Signature")) {
-      return fail(403, "MissingAuthenticationToken", "Request is missing Authentication Token");
-    }
-    if (auth) {
-      if (!sigv4) {
-        return fail(400, "IncompleteSignature", `Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters. Authorization=${auth.split(" ")[0]}`);
-      }
-      if (!req.headers["x-amz-date"] && !req.headers.date) {
-        return fail(400, "IncompleteSignature", "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.");
-      }
-      if (sigv4[4] !== "sts") return fail(403, "SignatureDoesNotMatch", "Credential should be scoped to correct service: 'sts'. ");
-      if (sigv4[3] !== settings.region) return fail(403, "SignatureDoesNotMatch", "Credential should be scoped to a valid region. ");
-    }
+    const signed = verifySigV4(
+      { method: req.method ?? "", url: req.url ?? "/", rawHeaders: req.rawHeaders, body },
+      { service: "sts", region: settings.region, credentials: settings.credentials, now: now() },
+    );
+    call.accessKeyId = signed.ok ? signed.credential.accessKeyId : signed.accessKeyId;
+    if (!signed.ok) return fail(signed.failure.status, signed.failure.code, signed.failure.message);
     if (call.action === "GetCallerIdentity" && params.get("Version") === API_VERSION) {
       // An assumed-role ARN names the role without its path, as AWS's does.
       const arn = settings.callerArn ?? `arn:aws:sts::${settings.accountId}:assumed-role/${settings.roleArn.split("/").pop()}/session`;
@@ -564,6 +563,7 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     issuer: server.url,
     port: server.port,
     settings,
+    now,
     calls,
     issued,
     wellKnownRequests,
