@@ -36,9 +36,21 @@ export interface Config {
   readonly initializationType: InitializationType;
 }
 
+/**
+ * A setting that works but will surprise: init goes on, the extension logs it as a `warn`
+ * line, and `doctor` shows it as a `!` check.
+ */
+export interface ConfigWarning {
+  /** The variable to change. */
+  readonly variable: string;
+  /** What is wrong, and what the user will see because of it. */
+  readonly detail: string;
+  readonly fix: string;
+}
+
 export type ParsedConfig =
   | { readonly enabled: false; readonly logLevel: LogLevel; readonly enabledValue: string | undefined }
-  | { readonly enabled: true; readonly config: Config };
+  | { readonly enabled: true; readonly config: Config; readonly warnings: readonly ConfigWarning[] };
 
 export const DEFAULT_TARGET = "default";
 const P = "DATABRICKS_TOKEN_BROKER_";
@@ -71,6 +83,27 @@ const TARGET_KEYS = new Set(["host", "client_id", "account_id", "scope", "token_
 const ACCOUNT_ID = /^[A-Za-z0-9-]{1,128}$/;
 const NO_SPACE = /^[\x21-\x7e]+$/;
 const SCOPE = /^[\x21-\x7e]+( [\x21-\x7e]+)*$/;
+
+/**
+ * The value of `DATABRICKS_AUTH_TYPE` that makes the Databricks SDKs and CLI use only the
+ * metadata-service provider (its name in databricks-sdk-py, -go and -js).
+ */
+export const METADATA_AUTH_TYPE = "metadata-service";
+/**
+ * Variables the SDKs count as another authorization method (their `auth` attribute), by that
+ * method's name. With any of them beside `DATABRICKS_METADATA_SERVICE_URL` and no
+ * `DATABRICKS_AUTH_TYPE`, the SDKs' config validation refuses to start. The common ones only:
+ * `DATABRICKS_CLIENT_ID` is set for every service-principal policy.
+ */
+const SDK_AUTH_VARIABLES: readonly (readonly [string, string])[] = [
+  ["DATABRICKS_CLIENT_ID", "oauth"],
+  ["DATABRICKS_CLIENT_SECRET", "oauth"],
+  ["DATABRICKS_TOKEN", "pat"],
+  ["DATABRICKS_USERNAME", "basic"],
+  ["DATABRICKS_PASSWORD", "basic"],
+];
+/** The only hosts the SDKs accept in `DATABRICKS_METADATA_SERVICE_URL` (each SDK checks the hostname). */
+const SDK_METADATA_HOSTS = new Set(["localhost", "127.0.0.1"]);
 
 /** Values that switch the broker on (SPEC §2); anything else leaves it idle. */
 const ENABLED_VALUES = new Set(["true", "1", "on"]);
@@ -304,6 +337,106 @@ function parseTargets(raw: string | undefined, defaultScope: string, problems: P
 }
 
 /**
+ * What the Databricks SDKs in the function will make of the variables that point them at the
+ * broker (SPEC §5): each a setting the broker itself does not need, but without which the SDKs
+ * fail or hide the broker's errors. The SDKs read the same environment as the extension.
+ */
+function sdkWarnings(env: NodeJS.ProcessEnv, port: number, targets: ReadonlyMap<string, Target>): ConfigWarning[] {
+  const url = env.DATABRICKS_METADATA_SERVICE_URL;
+  // The SDKs compare the value exactly (no trimming, no case folding), so the broker does too.
+  const authType = env.DATABRICKS_AUTH_TYPE;
+  const brokerUrl = `http://localhost:${port}/metadata`;
+  const setUrl = `set DATABRICKS_METADATA_SERVICE_URL=${brokerUrl} on the function`;
+  const setAuthType = `set DATABRICKS_AUTH_TYPE=${METADATA_AUTH_TYPE} on the function`;
+  if (url === undefined || url.trim() === "") {
+    if (authType !== METADATA_AUTH_TYPE) return [];
+    return [
+      {
+        variable: "DATABRICKS_METADATA_SERVICE_URL",
+        detail: `DATABRICKS_AUTH_TYPE is ${METADATA_AUTH_TYPE} but DATABRICKS_METADATA_SERVICE_URL is not set: the Databricks SDKs and CLI will not find the broker`,
+        fix: setUrl,
+      },
+    ];
+  }
+
+  const warnings: ConfigWarning[] = [];
+  if (authType === undefined || authType === "") {
+    const others = SDK_AUTH_VARIABLES.filter(([name]) => env[name] !== undefined && env[name]?.trim() !== "");
+    if (others.length > 0) {
+      // Worded as the SDKs word it (config validation in databricks-sdk-py and -go; the JS SDK
+      // does not count the URL as a method of its own, so it does not refuse).
+      const methods = [...new Set([METADATA_AUTH_TYPE, ...others.map(([, method]) => method)])].sort().join(" and ");
+      warnings.push({
+        variable: "DATABRICKS_AUTH_TYPE",
+        detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: with ${others.map(([name]) => name).join(" and ")} also set, the Databricks SDKs for Python and Go and the Databricks CLI refuse to start ("validate: more than one authorization method configured: ${methods}")`,
+        fix: setAuthType,
+      });
+    } else {
+      warnings.push({
+        variable: "DATABRICKS_AUTH_TYPE",
+        detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: whenever the broker cannot serve a token, the Go SDK and the Databricks CLI hide its error behind "cannot configure default credentials"`,
+        fix: setAuthType,
+      });
+    }
+  } else if (authType !== METADATA_AUTH_TYPE) {
+    warnings.push({
+      variable: "DATABRICKS_AUTH_TYPE",
+      detail: `DATABRICKS_AUTH_TYPE is ${JSON.stringify(authType)}, not ${METADATA_AUTH_TYPE}: the Databricks SDKs and CLI will not ask the broker at DATABRICKS_METADATA_SERVICE_URL`,
+      fix: `${setAuthType}, or unset DATABRICKS_METADATA_SERVICE_URL if the SDKs are not meant to use the broker`,
+    });
+  }
+
+  const wrong = metadataUrlProblems(url, port, targets, env.DATABRICKS_HOST);
+  if (wrong.length > 0) {
+    warnings.push({
+      variable: "DATABRICKS_METADATA_SERVICE_URL",
+      detail: `DATABRICKS_METADATA_SERVICE_URL does not reach the broker's metadata route: ${wrong.join("; ")}`,
+      fix: setUrl,
+    });
+  }
+  return warnings;
+}
+
+/**
+ * Why `raw` would not reach `/metadata` of this broker as the SDKs call it; empty when it would.
+ * The SDKs treat the URL as a secret (another metadata service may carry one in its path), so
+ * the reasons quote neither the URL nor its path, only its scheme, host and port.
+ */
+function metadataUrlProblems(raw: string, port: number, targets: ReadonlyMap<string, Target>, sdkHost: string | undefined): string[] {
+  let url: URL;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    return ["it is not a URL"];
+  }
+  const problems: string[] = [];
+  if (url.protocol !== "http:") problems.push(`the broker serves plain http, not ${url.protocol.replace(/:$/, "")}`);
+  if (!SDK_METADATA_HOSTS.has(url.hostname)) problems.push(`the SDKs accept only localhost or 127.0.0.1 as its host, got ${url.hostname}`);
+  const urlPort = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  if (urlPort !== port) problems.push(`it names port ${urlPort}, but the broker listens on ${port} (DATABRICKS_TOKEN_BROKER_PORT)`);
+  const route = /^\/metadata(?:\/([^/]+))?$/.exec(url.pathname);
+  if (!route) {
+    problems.push("its path is not /metadata or /metadata/{target}");
+  } else if (route[1] !== undefined) {
+    let name: string;
+    try {
+      name = decodeURIComponent(route[1]);
+    } catch {
+      name = route[1];
+    }
+    const target = targets.get(name);
+    const host = sdkHost === undefined ? undefined : normalizeHost(sdkHost);
+    if (!target) {
+      problems.push(`it names a target that is not configured (configured: ${[...targets.keys()].join(", ")})`);
+    } else if (host !== undefined && target.host !== host) {
+      // The SDKs send DATABRICKS_HOST as X-Databricks-Host; the broker answers 403 to another host.
+      problems.push(`it names target ${JSON.stringify(name)}, whose host ${target.host} is not DATABRICKS_HOST (${host}), which the SDKs send: the broker would answer 403`);
+    }
+  }
+  return problems;
+}
+
+/**
  * Reads the configuration from `env`. A disabled broker checks nothing else, so a function
  * can carry the layer switched off without any of its variables.
  * @throws BrokerError with code `ERR_CONFIG`, whose message lists every bad variable.
@@ -389,8 +522,19 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
       hint: "fix the named environment variables of the function",
     });
   }
+  const warnings: ConfigWarning[] = [];
+  if (signingAlgorithm === "ES384") {
+    warnings.push({
+      variable: `${P}SIGNING_ALGORITHM`,
+      detail: `${P}SIGNING_ALGORITHM is ES384: STS signs it, but Databricks documents only RS256 and ES256 for federation policies, so the exchange may be refused (invalid_grant)`,
+      fix: `set ${P}SIGNING_ALGORITHM=RS256 (the default) unless ES384 is known to work with this workspace`,
+    });
+  }
+  warnings.push(...sdkWarnings(env, port, targets));
+
   return Object.freeze({
     enabled: true,
+    warnings: Object.freeze(warnings),
     config: Object.freeze({
       targets,
       audience,

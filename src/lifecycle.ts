@@ -77,6 +77,8 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
 
   const config = parsed.config;
   const log = makeLogger(config.logLevel);
+  // Settings that work but will surprise (the SDKs' variables, say) never fail the init.
+  for (const w of parsed.warnings) log.warn(`${w.detail}; fix: ${w.fix}`, { variable: w.variable });
   // The app is loaded once the first token's path leaves the CPU free (see `serve`).
   let loadApp!: () => void;
   const appWanted = new Promise<void>((r) => (loadApp = r));

@@ -145,6 +145,9 @@ describe("setup", () => {
     expect(report.commands.putRolePolicy).toMatch(/^aws iam put-role-policy --role-name broker-test --policy-name databricks-token-broker --policy-document '\{.*"sts:DurationSeconds":900.*\}'$/);
     expect(report.commands.findServicePrincipal).toBeNull();
     expect(report.environment).toMatchObject({ DATABRICKS_TOKEN_BROKER_AUDIENCE: "my-audience", DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "900", DATABRICKS_CLIENT_ID: CLIENT_ID });
+    // The SDKs' variables come as a pair: the URL alone makes them refuse to start beside DATABRICKS_CLIENT_ID.
+    expect(report.environment).toMatchObject({ DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata", DATABRICKS_AUTH_TYPE: "metadata-service" });
+    expect(text).toMatch(/DATABRICKS_METADATA_SERVICE_URL=http:\/\/localhost:2775\/metadata\n\s+DATABRICKS_AUTH_TYPE=metadata-service\n/);
     expect(text).toContain("✓ Outbound web identity federation: enabled");
     expect(text).toContain(`Issuer URL: ${w.sts.issuer}`);
     expect(text).toContain(report.commands.createFederationPolicy);
@@ -383,6 +386,40 @@ describe("doctor", () => {
       expect(d.checks.filter((x) => x.step !== "configuration").every((x) => x.status === "skip")).toBe(true);
       expect(w.sts.calls).toHaveLength(0);
       expect(w.iam.calls).toHaveLength(0);
+    });
+
+    it("the SDK variables of the README → no warning", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata", DATABRICKS_AUTH_TYPE: "metadata-service" });
+      expect(d.checks.filter((c) => c.status === "warn" && c.step === "configuration")).toEqual([]);
+    });
+
+    it("DATABRICKS_METADATA_SERVICE_URL without DATABRICKS_AUTH_TYPE → ! naming the SDKs' error and the fix; the chain still runs", async () => {
+      const w = await world();
+      // The world sets DATABRICKS_CLIENT_ID, as a service-principal policy does.
+      const d = await w.doctor({ DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata" });
+      expect(d.code).toBe(0);
+      const warned = d.checks.filter((c) => c.step === "configuration" && c.status === "warn");
+      expect(warned).toEqual([
+        {
+          step: "configuration",
+          status: "warn",
+          detail: expect.stringContaining('"validate: more than one authorization method configured: metadata-service and oauth"'),
+          fix: "set DATABRICKS_AUTH_TYPE=metadata-service on the function",
+        },
+      ]);
+      expect(d.text).toContain("! configuration: DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: ");
+      expect(d.text).toContain("\n    fix: set DATABRICKS_AUTH_TYPE=metadata-service on the function\n");
+      expect(step(d.checks, "sts").status).not.toBe("skip");
+    });
+
+    it("DATABRICKS_METADATA_SERVICE_URL on another port → ! with the broker's URL", async () => {
+      const w = await world();
+      const d = await w.doctor({ DATABRICKS_METADATA_SERVICE_URL: "http://localhost:8080/metadata", DATABRICKS_AUTH_TYPE: "metadata-service", DATABRICKS_TOKEN_BROKER_PORT: "2780" });
+      expect(d.code).toBe(0);
+      expect(d.checks.filter((c) => c.step === "configuration" && c.status === "warn")).toEqual([
+        { step: "configuration", status: "warn", detail: expect.stringContaining("it names port 8080, but the broker listens on 2780"), fix: "set DATABRICKS_METADATA_SERVICE_URL=http://localhost:2780/metadata on the function" },
+      ]);
     });
 
     it("--region stands in for AWS_REGION", async () => {

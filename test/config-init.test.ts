@@ -146,6 +146,22 @@ describe("bad configuration fails the init, naming the variable", () => {
     }
   });
 
+  it("SDK variables the SDKs would refuse warn at init (the service-principal set-up without DATABRICKS_AUTH_TYPE), not a failed init", async () => {
+    // The stack sets DATABRICKS_CLIENT_ID, as a service-principal policy does.
+    const s = await startStack({ env: { DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata", DATABRICKS_AUTH_TYPE: undefined } });
+    try {
+      expect(await s.lambda.init).toMatchObject({ ok: true });
+      const warned = logLines(s).filter((l) => l.level === "warn" && l.variable === "DATABRICKS_AUTH_TYPE");
+      expect(warned).toHaveLength(1);
+      expect(warned[0]?.msg).toContain('"validate: more than one authorization method configured: metadata-service and oauth"');
+      expect(warned[0]?.msg).toContain("fix: set DATABRICKS_AUTH_TYPE=metadata-service on the function");
+      expect((await s.get("/health")).status).toBe(200);
+      expect((await s.lambda.shutdown()).code).toBe(0);
+    } finally {
+      await s.close();
+    }
+  });
+
   it("an unrecognised DATABRICKS_TOKEN_BROKER_ENABLED leaves the broker off with a warning, not a failed init", async () => {
     const s = await startStack({ env: { [`${P}ENABLED`]: "yes please" } });
     try {

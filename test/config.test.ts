@@ -120,6 +120,100 @@ describe("parseConfig", () => {
   });
 });
 
+describe("configuration warnings", () => {
+  const URL = "http://localhost:2775/metadata";
+  const SP = { ...base, DATABRICKS_CLIENT_ID: "5e1a0000-0000-4000-8000-000000000001" };
+  function warnings(env: NodeJS.ProcessEnv) {
+    const p = parseConfig(env);
+    if (!p.enabled) throw new Error("expected enabled");
+    return p.warnings;
+  }
+
+  it("none for the README's settings, or without any SDK variable", () => {
+    expect(warnings(base)).toEqual([]);
+    expect(warnings(SP)).toEqual([]);
+    expect(warnings({ ...SP, DATABRICKS_METADATA_SERVICE_URL: URL, DATABRICKS_AUTH_TYPE: "metadata-service" })).toEqual([]);
+    expect(warnings({ ...base, DATABRICKS_METADATA_SERVICE_URL: "http://127.0.0.1:2775/metadata/default", DATABRICKS_AUTH_TYPE: "metadata-service" })).toEqual([]);
+    expect(warnings({ ...base, DATABRICKS_TOKEN_BROKER_PORT: "3000", DATABRICKS_METADATA_SERVICE_URL: "http://localhost:3000/metadata", DATABRICKS_AUTH_TYPE: "metadata-service" })).toEqual([]);
+  });
+
+  it("the service-principal set-up without DATABRICKS_AUTH_TYPE: names the SDKs' refusal and the fix", () => {
+    expect(warnings({ ...SP, DATABRICKS_METADATA_SERVICE_URL: URL })).toEqual([
+      {
+        variable: "DATABRICKS_AUTH_TYPE",
+        detail:
+          'DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: with DATABRICKS_CLIENT_ID also set, the Databricks SDKs for Python and Go and the Databricks CLI refuse to start ("validate: more than one authorization method configured: metadata-service and oauth")',
+        fix: "set DATABRICKS_AUTH_TYPE=metadata-service on the function",
+      },
+    ]);
+    // Named as the SDKs name them: every method, sorted.
+    const [w] = warnings({ ...SP, DATABRICKS_TOKEN: "dapi-not-a-real-token", DATABRICKS_METADATA_SERVICE_URL: URL });
+    expect(w?.detail).toContain("with DATABRICKS_CLIENT_ID and DATABRICKS_TOKEN also set");
+    expect(w?.detail).toContain("more than one authorization method configured: metadata-service and oauth and pat");
+    expect(w?.detail).not.toContain("dapi-not-a-real-token");
+  });
+
+  it("an account-wide policy without DATABRICKS_AUTH_TYPE: the Go SDK and the CLI hide the broker's errors", () => {
+    expect(warnings({ ...base, DATABRICKS_METADATA_SERVICE_URL: URL, DATABRICKS_CLIENT_ID: "  " })).toEqual([
+      {
+        variable: "DATABRICKS_AUTH_TYPE",
+        detail: expect.stringContaining('the Go SDK and the Databricks CLI hide its error behind "cannot configure default credentials"'),
+        fix: "set DATABRICKS_AUTH_TYPE=metadata-service on the function",
+      },
+    ]);
+  });
+
+  it.each(["pat", "oauth-m2m", "Metadata-Service", "metadata-service "])("DATABRICKS_AUTH_TYPE=%j: the SDKs would not ask the broker", (authType) => {
+    const [w, ...rest] = warnings({ ...SP, DATABRICKS_METADATA_SERVICE_URL: URL, DATABRICKS_AUTH_TYPE: authType });
+    expect(rest).toEqual([]);
+    expect(w).toMatchObject({ variable: "DATABRICKS_AUTH_TYPE", detail: expect.stringContaining(`DATABRICKS_AUTH_TYPE is ${JSON.stringify(authType)}`), fix: expect.stringMatching(/^set DATABRICKS_AUTH_TYPE=metadata-service on the function/) });
+  });
+
+  it("DATABRICKS_AUTH_TYPE=metadata-service without the URL: the SDKs cannot find the broker", () => {
+    expect(warnings({ ...SP, DATABRICKS_AUTH_TYPE: "metadata-service" })).toEqual([
+      { variable: "DATABRICKS_METADATA_SERVICE_URL", detail: expect.stringContaining("will not find the broker"), fix: "set DATABRICKS_METADATA_SERVICE_URL=http://localhost:2775/metadata on the function" },
+    ]);
+  });
+
+  it.each([
+    ["http://localhost:2776/metadata", /it names port 2776, but the broker listens on 2775 \(DATABRICKS_TOKEN_BROKER_PORT\)/],
+    ["http://localhost/metadata", /it names port 80, but the broker listens on 2775/],
+    ["https://localhost:2775/metadata", /the broker serves plain http, not https/],
+    ["http://[::1]:2775/metadata", /the SDKs accept only localhost or 127.0.0.1 as its host, got \[::1\]/],
+    ["http://169.254.170.2:2775/metadata", /accept only localhost or 127.0.0.1/],
+    ["http://localhost:2775/token", /its path is not \/metadata or \/metadata\/\{target\}/],
+    ["http://localhost:2775/metadata/", /its path is not/],
+    ["http://localhost:2775/metadata/nope", /it names a target that is not configured \(configured: default, acct\)/],
+    ["http://localhost:2775/metadata/acct", /it names target "acct", whose host https:\/\/accounts.cloud.databricks.com is not DATABRICKS_HOST \(https:\/\/dbc-1234.cloud.databricks.com\).*403/],
+    ["localhost:2775/metadata", /./],
+    ["not a url", /it is not a URL/],
+  ])("DATABRICKS_METADATA_SERVICE_URL=%s does not reach the broker", (url, why) => {
+    const targets = JSON.stringify({ acct: { host: "https://accounts.cloud.databricks.com", account_id: "acc-1" } });
+    const all = warnings({ ...SP, DATABRICKS_TOKEN_BROKER_TARGETS: targets, DATABRICKS_METADATA_SERVICE_URL: url, DATABRICKS_AUTH_TYPE: "metadata-service" });
+    expect(all).toEqual([
+      {
+        variable: "DATABRICKS_METADATA_SERVICE_URL",
+        detail: expect.stringMatching(/^DATABRICKS_METADATA_SERVICE_URL does not reach the broker's metadata route: /),
+        fix: "set DATABRICKS_METADATA_SERVICE_URL=http://localhost:2775/metadata on the function",
+      },
+    ]);
+    expect(all[0]?.detail).toMatch(why);
+    // The SDKs treat the URL as a secret: its path is never quoted.
+    expect(all[0]?.detail).not.toMatch(/\/token|\/nope/);
+  });
+
+  it("ES384: accepted, with a warning that Databricks documents RS256 and ES256", () => {
+    expect(warnings({ ...base, DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: "es384" })).toEqual([
+      { variable: "DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM", detail: expect.stringMatching(/ES384.*RS256 and ES256/), fix: expect.stringContaining("DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM=RS256") },
+    ]);
+  });
+
+  it("never fail the configuration, and a disabled broker checks none of them", () => {
+    expect(warnings({ ...SP, DATABRICKS_METADATA_SERVICE_URL: "http://evil.example:1/x", DATABRICKS_AUTH_TYPE: "pat" })).toHaveLength(2);
+    expect(parseConfig({ DATABRICKS_METADATA_SERVICE_URL: URL, DATABRICKS_CLIENT_ID: "x" })).not.toHaveProperty("warnings");
+  });
+});
+
 describe("normalizeHost", () => {
   it.each([
     ["https://DBC-1.cloud.databricks.com/", "https://dbc-1.cloud.databricks.com"],

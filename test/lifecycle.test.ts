@@ -8,7 +8,7 @@ import { STSClient } from "@aws-sdk/client-sts";
 import { afterEach, describe, expect, it } from "vitest";
 import type { ExtensionsApi, LambdaEvent } from "../src/extensions-api.js";
 import { run } from "../src/lifecycle.js";
-import { silentLogger } from "../src/log.js";
+import { createLogger, type Logger, silentLogger } from "../src/log.js";
 import { CLIENT_ID, freePort, SESSION_TOKEN } from "./stack.js";
 import { startDatabricks } from "./standins/databricks.js";
 import { startSts } from "./standins/sts.js";
@@ -51,7 +51,7 @@ function scriptedApi(duringRegistration: () => Promise<void>) {
   return { api, send };
 }
 
-async function start(duringRegistration: (base: string) => Promise<void>) {
+async function start(duringRegistration: (base: string) => Promise<void>, o: { env?: (port: number) => NodeJS.ProcessEnv; log?: Logger } = {}) {
   const sts = await startSts({ region: "us-east-1" });
   closers.push(() => sts.close());
   const db = await startDatabricks({
@@ -77,9 +77,10 @@ async function start(duringRegistration: (base: string) => Promise<void>) {
       DATABRICKS_TOKEN_BROKER_PORT: String(port),
       AWS_REGION: "us-east-1",
       AWS_SESSION_TOKEN: SESSION_TOKEN,
+      ...o.env?.(port),
     },
     api,
-    makeLogger: () => silentLogger,
+    makeLogger: () => o.log ?? silentLogger,
     makeSts: () => client,
     fetch: (input, init) => fetch(input, init),
   });
@@ -147,5 +148,34 @@ describe("right after registering, before the HTTP app is ready", () => {
     expect(r.status).toBe(200);
     expect(r.headers.get("cache-control")).toBe("no-store");
     await expect(fetch(`${base}/health`)).rejects.toThrow();
+  });
+});
+
+describe("configuration warnings", () => {
+  it("SDK variables that would fail the SDKs: one warn line each at init, naming the SDK's error and the fix; init goes on", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const log = createLogger({ level: "info", write: (l) => lines.push(JSON.parse(l) as Record<string, unknown>) });
+    let base = "";
+    const s = await start(
+      async (b) => {
+        base = b;
+      },
+      // DATABRICKS_CLIENT_ID is set, as for every service-principal policy; the port is not the broker's.
+      { env: (port) => ({ DATABRICKS_METADATA_SERVICE_URL: `http://localhost:${port + 1}/metadata` }), log },
+    );
+    await expect.poll(() => base).not.toBe("");
+    await expect.poll(() => lines.some((l) => l.msg === "registered")).toBe(true);
+    const warnings = lines.filter((l) => l.level === "warn");
+    expect(warnings).toEqual([
+      expect.objectContaining({
+        variable: "DATABRICKS_AUTH_TYPE",
+        msg: expect.stringMatching(/more than one authorization method configured: metadata-service and oauth.*; fix: set DATABRICKS_AUTH_TYPE=metadata-service on the function$/),
+      }),
+      expect.objectContaining({ variable: "DATABRICKS_METADATA_SERVICE_URL", msg: expect.stringMatching(/it names port \d+, but the broker listens on \d+.*; fix: set DATABRICKS_METADATA_SERVICE_URL=http:\/\/localhost:\d+\/metadata on the function$/) }),
+    ]);
+    // Logged before listening, as the configuration is read.
+    expect(lines.indexOf(warnings[1]!)).toBeLessThan(lines.findIndex((l) => l.msg === "listening"));
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+    expect(await s.shutdown()).toMatchObject({ code: 0 });
   });
 });

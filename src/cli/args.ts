@@ -38,7 +38,8 @@ Common options:
   -h, --help                   show this text
 
 doctor reads the same variables as the extension (DATABRICKS_HOST, DATABRICKS_CLIENT_ID,
-DATABRICKS_TOKEN_BROKER_*, AWS_*). Neither command ever prints a token.
+DATABRICKS_TOKEN_BROKER_*, AWS_*), and warns when the SDKs' DATABRICKS_METADATA_SERVICE_URL
+and DATABRICKS_AUTH_TYPE would not reach the broker. Neither command ever prints a token.
 Exit status: 0 when every step passed, 1 when one failed, 2 for a usage error.
 In a Lambda layer: node /opt/databricks-token-broker/cli.mjs doctor
 `;

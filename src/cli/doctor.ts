@@ -4,7 +4,7 @@
  * against what a federation policy needs, the exchange, and one authenticated call — each
  * marked with how it went and, when it failed, how to fix it. It never prints a token.
  */
-import { type Config, parseConfig, type Target } from "../config.js";
+import { type Config, type ConfigWarning, parseConfig, type Target } from "../config.js";
 import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type Check, type JwtClaims } from "../diagnosis.js";
 import { BrokerError, isBrokerError } from "../errors.js";
 import { createExchange, type AccessToken, type FetchLike } from "../exchange.js";
@@ -198,10 +198,12 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
 
   // The doctor checks the chain even where the switch is off (on a laptop, say), and says so.
   let config: Config;
+  let warnings: readonly ConfigWarning[];
   try {
     const parsed = parseConfig({ ...env, [`${P}ENABLED`]: "true" });
     if (!parsed.enabled) throw new Error("parseConfig ignored the switch");
     config = parsed.config;
+    warnings = parsed.warnings;
   } catch (err) {
     if (!isBrokerError(err)) throw err;
     list.add({ step: "configuration", status: "fail", detail: err.message, ...(err.hint ? { fix: err.hint } : {}) });
@@ -217,6 +219,8 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
       fix: `set ${P}ENABLED=true on the function`,
     });
   }
+  // The same warnings the extension logs at init, the SDKs' variables among them.
+  for (const w of warnings) list.add({ step: "configuration", status: "warn", detail: w.detail, fix: w.fix });
 
   const clients = deps.clients(config.region);
   let issuer: string | undefined;

@@ -2,7 +2,7 @@
  * `setup`: the AWS side checked (and switched on with `--enable`), the Databricks side
  * written out. It changes nothing but the account's federation switch, and only when asked.
  */
-import { DEFAULTS, STS_DURATION_RANGE } from "../config.js";
+import { DEFAULTS, METADATA_AUTH_TYPE, STS_DURATION_RANGE } from "../config.js";
 import type { SetupArgs } from "./args.js";
 import { UsageError } from "./args.js";
 import { type AwsClients, type AwsProblem, callerArn, describeAwsError, enableFederation, getFederationState, roleFromCaller } from "./aws.js";
@@ -101,6 +101,10 @@ export async function runSetup(args: SetupArgs, { clients, env }: SetupDeps): Pr
   environment.DATABRICKS_CLIENT_ID = clientId ?? "<service principal application ID>";
   if (audience !== DEFAULTS.audience) environment[`${P}AUDIENCE`] = audience;
   if (durationSeconds !== DEFAULTS.stsDurationSeconds) environment[`${P}STS_DURATION_SECONDS`] = String(durationSeconds);
+  // For the Databricks SDKs and CLI; the auth type is what keeps them from refusing to start beside DATABRICKS_CLIENT_ID (SPEC §5).
+  const port = env[`${P}PORT`]?.trim();
+  environment.DATABRICKS_METADATA_SERVICE_URL = `http://localhost:${port && /^\d{1,5}$/.test(port) ? port : DEFAULTS.port}/metadata`;
+  environment.DATABRICKS_AUTH_TYPE = METADATA_AUTH_TYPE;
 
   return {
     ok: federation.enabled && federation.issuer !== null && role.arn !== null,
@@ -152,7 +156,12 @@ export function renderSetup(r: SetupReport): string {
     lines.push(indent(`(SERVICE_PRINCIPAL_ID is the service principal's numeric ID; look it up with: ${r.commands.findServicePrincipal})`));
   }
   lines.push("");
-  lines.push("3. Set on the function:", ...Object.entries(r.environment).map(([k, v]) => indent(`${k}=${v}`)), "");
+  lines.push(
+    "3. Set on the function:",
+    ...Object.entries(r.environment).map(([k, v]) => indent(`${k}=${v}`)),
+    indent("(the last two let the Databricks SDKs and CLI find the token by themselves: set both, or neither)"),
+    "",
+  );
   lines.push("Then check the whole chain with the function's role: databricks-token-broker doctor");
   return `${lines.join("\n")}\n`;
 }
