@@ -5,7 +5,7 @@
 import * as crypto from "node:crypto";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
 import { type Config, DEFAULT_TARGET, normalizeHost } from "./config.js";
-import { type BrokerError, isBrokerError } from "./errors.js";
+import { BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
 import { fingerprint, type Logger, redact } from "./log.js";
 import type { TokenCache } from "./token-cache.js";
@@ -27,6 +27,15 @@ export const METADATA_HOST_HEADER = "x-databricks-host";
 const METADATA_VERSION = "1";
 /** `?min_ttl` range of SPEC §5: one hour is the longest a Databricks token lives. */
 const MAX_MIN_TTL = 3600;
+/**
+ * The longest a `/metadata` request waits for a token (less where DATABRICKS_TOKEN_BROKER_WAIT_SECONDS
+ * is lower). The SDKs give the metadata service 10 s: databricks-sdk-py
+ * `MetadataServiceTokenSource._metadata_service_timeout = 10`, databricks-sdk-go
+ * `metadataServiceTimeout = 10 * time.Second`. Answering by 8 s leaves 2 s for the round trip
+ * on a loaded machine, so the SDK reports the broker's 503 (which step failed, and why)
+ * rather than its own timeout. `/token` callers set their own timeout, and keep the full wait.
+ */
+export const METADATA_WAIT_MS = 8_000;
 /** Requests carry no body; a small limit keeps a hostile client from costing memory. */
 const BODY_LIMIT = 1024;
 const METHODS_NOT_GET = ["DELETE", "HEAD", "PATCH", "POST", "PUT", "OPTIONS"] as const;
@@ -105,6 +114,7 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
   });
   const expectedSession = sessionToken ? digest(sessionToken) : undefined;
   const waitMs = config.waitSeconds * 1000;
+  const metadataWaitMs = Math.min(waitMs, METADATA_WAIT_MS);
 
   // Callback style rather than async: this runs on every request, and a promise per hook is
   // measurable against a token answer that is otherwise a few map lookups.
@@ -138,15 +148,24 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     return Number(raw);
   };
 
-  async function token(req: FastifyRequest, reply: FastifyReply, name: string, minTtl: number | undefined): Promise<AccessToken | FastifyReply> {
+  async function token(req: FastifyRequest, reply: FastifyReply, name: string, minTtl: number | undefined, wait: number): Promise<AccessToken | FastifyReply> {
     try {
-      return await cache.get(name, { minTtlSeconds: minTtl, waitMs });
+      return await cache.get(name, { minTtlSeconds: minTtl, waitMs: wait });
     } catch (err) {
       if (!isBrokerError(err)) {
         log.error("token request failed unexpectedly", { target: name, error: err });
         return fail(reply, "internal", "internal error");
       }
-      const e: BrokerError = err;
+      // Cut short by the SDKs' timeout, not by DATABRICKS_TOKEN_BROKER_WAIT_SECONDS: raising that would not help.
+      const e: BrokerError =
+        err.code === "ERR_TOKEN_WAIT_TIMEOUT" && wait < waitMs
+          ? new BrokerError(err.code, err.message, {
+              step: err.step,
+              retryable: err.retryable,
+              hint: `STS or Databricks is slow to answer; /metadata waits at most ${wait / 1000} s, inside the Databricks SDKs' 10 s timeout, while the refresh goes on: a later request may find the token (see GET /health)`,
+              cause: err,
+            })
+          : err;
       log.warn("token request answered 503", { target: name, path: req.url.split("?")[0], code: e.code, step: e.step, upstreamCode: e.upstreamCode });
       return fail(reply, "token_unavailable", `no valid token for target ${name}: ${e.summary()}`, {
         step: e.step,
@@ -199,7 +218,7 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     if (typeof minTtl === "object") return minTtl;
     const ready = cache.ready?.(name, { minTtlSeconds: minTtl });
     if (ready) return tokenBody(reply, ready, name);
-    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? tokenBody(reply, t, name) : t));
+    return token(req, reply, name, minTtl, waitMs).then((t) => ("accessToken" in t ? tokenBody(reply, t, name) : t));
   };
 
   const metadataBody = (t: AccessToken, name: string) => {
@@ -223,7 +242,7 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     if (typeof minTtl === "object") return minTtl;
     const ready = cache.ready?.(name, { minTtlSeconds: minTtl });
     if (ready) return metadataBody(ready, name);
-    return token(req, reply, name, minTtl).then((t) => ("accessToken" in t ? metadataBody(t, name) : t));
+    return token(req, reply, name, minTtl, metadataWaitMs).then((t) => ("accessToken" in t ? metadataBody(t, name) : t));
   };
 
   app.get("/token", tokenRoute);

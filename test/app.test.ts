@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { buildApp } from "../src/app.js";
+import { buildApp, METADATA_WAIT_MS } from "../src/app.js";
 import { parseConfig } from "../src/config.js";
 import { BrokerError } from "../src/errors.js";
 import type { AccessToken } from "../src/exchange.js";
@@ -195,6 +195,92 @@ describe("GET /metadata", () => {
   it("404 for an unknown target", async () => {
     const { app } = setup();
     expect((await app.inject({ url: "/metadata/nope", headers: meta })).statusCode).toBe(404);
+  });
+});
+
+describe("how long a request waits", () => {
+  /** A cache that records the wait each request is given, and has no token to give. */
+  function waits(waitSeconds: string | undefined) {
+    const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "us-east-1", DATABRICKS_TOKEN_BROKER_WAIT_SECONDS: waitSeconds });
+    if (!parsed.enabled) throw new Error("config");
+    const given: number[] = [];
+    const cache = {
+      has: (name: string) => name === "default",
+      health: () => ({}),
+      get: async (_name: string, { waitMs }: { waitMs: number }): Promise<AccessToken> => {
+        given.push(waitMs);
+        throw new BrokerError("ERR_TOKEN_WAIT_TIMEOUT", `no token for target default within ${waitMs} ms`, { step: "token", retryable: true, hint: "raise DATABRICKS_TOKEN_BROKER_WAIT_SECONDS" });
+      },
+    };
+    const app = buildApp({ config: parsed.config, cache, sessionToken: SESSION, log: silentLogger, now: () => T0 });
+    apps.push(app);
+    return { app, given };
+  }
+
+  it("/metadata at most 8 s, inside the SDKs' 10 s timeout; /token the full DATABRICKS_TOKEN_BROKER_WAIT_SECONDS", async () => {
+    expect(METADATA_WAIT_MS).toBe(8_000);
+    for (const [wait, metadata, token] of [
+      [undefined, 8_000, 10_000],
+      ["60", 8_000, 60_000],
+      ["8", 8_000, 8_000],
+      ["3", 3_000, 3_000],
+      ["0.2", 200, 200],
+    ] as const) {
+      const { app, given } = waits(wait);
+      expect((await app.inject({ url: "/metadata", headers: meta })).statusCode).toBe(503);
+      expect((await app.inject({ url: "/token", headers: auth })).statusCode).toBe(503);
+      expect(given, String(wait)).toEqual([metadata, token]);
+    }
+  });
+
+  it("a /metadata wait cut short by the SDKs' timeout says so, rather than to raise the wait", async () => {
+    const { app } = waits(undefined);
+    const metadata = (await app.inject({ url: "/metadata", headers: meta })).json();
+    expect(metadata).toMatchObject({ error: "token_unavailable", step: "token", code: "ERR_TOKEN_WAIT_TIMEOUT", hint: expect.stringMatching(/\/metadata waits at most 8 s, inside the Databricks SDKs' 10 s timeout/) });
+    expect(metadata.message).toMatch(/within 8000 ms/);
+    // Where the wait itself is below 8 s, raising it is the right hint.
+    expect((await app.inject({ url: "/token", headers: auth })).json().hint).toBe("raise DATABRICKS_TOKEN_BROKER_WAIT_SECONDS");
+    expect((await waits("3").app.inject({ url: "/metadata", headers: meta })).json().hint).toBe("raise DATABRICKS_TOKEN_BROKER_WAIT_SECONDS");
+  });
+
+  it("a retry due in 9 s: /metadata answers 503 with the failed step at once, /token waits for it and gets the token", async () => {
+    const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "us-east-1" });
+    if (!parsed.enabled) throw new Error("config");
+    const clock = { t: T0 };
+    const slept: number[] = [];
+    let calls = 0;
+    const cache = new TokenCache({
+      targets: parsed.config.targets,
+      refreshAheadSeconds: 600,
+      minTtlSeconds: 120,
+      log: silentLogger,
+      now: () => clock.t,
+      // The fake clock moves instead of real time passing.
+      sleep: async (ms) => {
+        slept.push(ms);
+        clock.t += ms;
+      },
+      source: async (target): Promise<AccessToken> => {
+        calls += 1;
+        if (calls === 1) {
+          throw new BrokerError("ERR_EXCHANGE_UNAVAILABLE", "Databricks answered 429", { step: "exchange", retryable: true, upstreamCode: "HTTP 429", retryAfterMs: 9_000 });
+        }
+        return { accessToken: `dapi-${calls}`, tokenType: "Bearer", scope: target.scope, issuedAt: clock.t, expiresAt: clock.t + 3_600_000 };
+      },
+    });
+    const app = buildApp({ config: parsed.config, cache, sessionToken: SESSION, log: silentLogger, now: () => clock.t });
+    apps.push(app);
+
+    const metadata = await app.inject({ url: "/metadata", headers: meta });
+    expect(metadata.statusCode).toBe(503);
+    expect(metadata.json()).toMatchObject({ step: "exchange", code: "ERR_EXCHANGE_UNAVAILABLE", upstream_code: "HTTP 429" });
+    expect(slept).toEqual([]);
+    expect(clock.t).toBe(T0);
+
+    const token = await app.inject({ url: "/token", headers: auth });
+    expect(token.statusCode).toBe(200);
+    expect(token.json().access_token).toBe("dapi-2");
+    expect(slept).toEqual([9_000]);
   });
 });
 
