@@ -38,12 +38,19 @@ const template = parse(readFileSync(join(ROOT, "template.yaml"), "utf8"), { cust
 const resources = template.Resources as Record<string, { Type: string; Properties: Json }>;
 const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
 
-/** Variable names of SPEC §2's table. */
+/** Variable names of SPEC §2's table: every name in a row's first cell (one row names two). */
 function specVariables(): Set<string> {
   const spec = readFileSync(join(SHARED, "SPEC.md"), "utf8");
   const section = spec.slice(spec.indexOf("## 2."), spec.indexOf("## 3."));
-  return new Set([...section.matchAll(/^\| `([A-Z0-9_]+)`/gm)].map((m) => m[1]!));
+  const firstCells = [...section.matchAll(/^\| ([^|]+) \|/gm)].map((m) => m[1]!);
+  return new Set(firstCells.flatMap((cell) => [...cell.matchAll(/`([A-Z0-9_]+)`/g)].map((m) => m[1]!)));
 }
+
+type Variables = Record<string, unknown>;
+const globalVariables = (template.Globals as { Function: { Environment: { Variables: Variables } } }).Function.Environment.Variables;
+/** Each function's environment as Lambda gets it: the Globals, overridden by the function's own. */
+const functionEnvironments = () =>
+  ofType("AWS::Serverless::Function").map(([name, r]) => [name, { ...globalVariables, ...((r.Properties.Environment as { Variables: Variables } | undefined)?.Variables ?? {}) }] as const);
 
 describe("template.yaml", () => {
   it("is valid against the AWS SAM schema", () => {
@@ -108,19 +115,38 @@ describe("template.yaml", () => {
   it("uses the SPEC's variable names, the default port, and a duration the policy allows", () => {
     const known = specVariables();
     expect(known.has("DATABRICKS_TOKEN_BROKER_ENABLED")).toBe(true);
-    const envs = [
-      (template.Globals as { Function: { Environment: { Variables: Json } } }).Function.Environment.Variables,
-      ...ofType("AWS::Serverless::Function").map(([, r]) => (r.Properties.Environment as { Variables: Json } | undefined)?.Variables ?? {}),
-    ];
+    // DATABRICKS_METADATA_SERVICE_URL and DATABRICKS_AUTH_TYPE are in the table too, though only the SDKs act on them.
+    expect(known.has("DATABRICKS_AUTH_TYPE")).toBe(true);
+    const envs = [globalVariables, ...functionEnvironments().map(([, vars]) => vars)];
     for (const vars of envs) {
-      for (const name of Object.keys(vars)) {
-        // DATABRICKS_METADATA_SERVICE_URL is read by the Databricks SDKs, not by the broker (SPEC §5).
-        if (name !== "DATABRICKS_METADATA_SERVICE_URL") expect(known, name).toContain(name);
-      }
+      for (const name of Object.keys(vars)) expect(known, name).toContain(name);
     }
     const all = Object.assign({}, ...envs) as Json;
     expect(all.DATABRICKS_METADATA_SERVICE_URL).toBe("http://localhost:2775/metadata");
     expect(all.DATABRICKS_TOKEN_BROKER_PORT ?? "2775").toBe("2775");
     expect(Number(all.DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS)).toBeLessThanOrEqual(300);
+  });
+
+  it("every function that points the SDKs at the broker also sets DATABRICKS_AUTH_TYPE=metadata-service and DATABRICKS_HOST", () => {
+    // Without the auth type, databricks-sdk (Python, Go) and the CLI refuse to start beside
+    // DATABRICKS_CLIENT_ID: "more than one authorization method configured" (SPEC §5).
+    const pointed = functionEnvironments().filter(([, vars]) => vars.DATABRICKS_METADATA_SERVICE_URL !== undefined);
+    expect(pointed.length).toBeGreaterThan(0);
+    for (const [name, vars] of pointed) {
+      expect(vars.DATABRICKS_AUTH_TYPE, name).toBe("metadata-service");
+      expect(vars.DATABRICKS_HOST, name).toEqual({ Ref: "DatabricksHost" });
+    }
+  });
+
+  it("so does every README snippet and example that sets DATABRICKS_METADATA_SERVICE_URL", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const snippets = [...readme.matchAll(/^```\w*\n([\s\S]*?)^```/gm)].map((m) => m[1]!);
+    const examples = ["examples/python/app.py", "examples/node/index.mjs"].map((f) => readFileSync(join(ROOT, f), "utf8"));
+    const pointed = [...snippets, ...examples].filter((text) => text.includes("DATABRICKS_METADATA_SERVICE_URL="));
+    expect(pointed.length).toBeGreaterThanOrEqual(4);
+    for (const text of pointed) {
+      expect(text).toContain("DATABRICKS_AUTH_TYPE=metadata-service");
+      expect(text).toContain("DATABRICKS_HOST");
+    }
   });
 });

@@ -1,5 +1,8 @@
 // A Node.js function that calls Databricks with the token the broker serves.
 // The broker runs beside it as an extension; no secret, no STS call, no token code here.
+// Or let @databricks/sdk-experimental find the token itself: set DATABRICKS_HOST,
+// DATABRICKS_METADATA_SERVICE_URL=http://localhost:2775/metadata and
+// DATABRICKS_AUTH_TYPE=metadata-service on the function, then `new WorkspaceClient({})`.
 const BROKER = `http://localhost:${process.env.DATABRICKS_TOKEN_BROKER_PORT ?? "2775"}`;
 
 /** Asks the broker for a token; it answers from its cache, refreshing ahead of expiry. */

@@ -1,6 +1,14 @@
 """A Python function that calls Databricks through the broker, both ways:
-plain GET /token, and databricks-sdk finding the token itself through
-DATABRICKS_METADATA_SERVICE_URL (set on the function)."""
+plain GET /token, and databricks-sdk finding the token itself through the
+metadata service. For the SDK, set on the function (template.yaml does):
+
+    DATABRICKS_HOST=https://<workspace>.cloud.databricks.com
+    DATABRICKS_METADATA_SERVICE_URL=http://localhost:2775/metadata
+    DATABRICKS_AUTH_TYPE=metadata-service
+
+The auth type is not optional: with DATABRICKS_CLIENT_ID also set (a
+service-principal policy), databricks-sdk refuses to start without it
+("more than one authorization method configured: metadata-service and oauth")."""
 import json
 import os
 import urllib.request
@@ -25,7 +33,8 @@ def handler(event, context):
     with urllib.request.urlopen(req, timeout=15) as res:
         me = json.load(res)
 
-    # 2. The SDK: DATABRICKS_HOST and DATABRICKS_METADATA_SERVICE_URL are all it needs.
+    # 2. The SDK: DATABRICKS_HOST, DATABRICKS_METADATA_SERVICE_URL and
+    #    DATABRICKS_AUTH_TYPE=metadata-service are all it needs.
     w = WorkspaceClient()
     sdk_me = w.current_user.me()
 
