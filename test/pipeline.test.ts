@@ -8,6 +8,7 @@ import { createBroker } from "../src/broker.js";
 import { parseConfig } from "../src/config.js";
 import { silentLogger } from "../src/log.js";
 import { CLIENT_ID } from "./stack.js";
+import { EXAMPLE_CREDENTIALS } from "./standins/credentials.js";
 import { startDatabricks, type DatabricksStandIn } from "./standins/databricks.js";
 import { startSts, type StsStandIn } from "./standins/sts.js";
 
@@ -34,7 +35,7 @@ async function setup(env: Record<string, string> = {}, stsOptions: Parameters<ty
     region: "us-east-1",
     endpoint: sts.url,
     maxAttempts: 1,
-    credentials: { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "secret", sessionToken: "session" },
+    credentials: EXAMPLE_CREDENTIALS,
   });
   const cache = createBroker(parsed.config, { sts: client, fetch: (u, i) => fetch(u, i), log: silentLogger });
   return { sts, db, cache };
@@ -57,13 +58,22 @@ describe("pipeline against the stand-ins", () => {
   });
 
   it("asks for less when the role session ends sooner (SessionDurationEscalation)", async () => {
-    const { sts, cache } = await setup({}, { sessionExpiresAt: Date.now() + 100_000 });
+    // A 75 s JWT gives a token of 75 s at most: servable only under a lower minimum TTL.
+    const { sts, cache } = await setup({ DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "30" }, { sessionExpiresAt: Date.now() + 100_000 });
     await cache.get("default", { waitMs: 10_000 });
     expect(sts.calls.map((c) => [c.durationSeconds, c.ok])).toEqual([
       [300, false],
       [150, false],
       [75, true],
     ]);
+  });
+
+  it("a JWT shortened under the minimum TTL gives a token that can never be served: ERR_TOKEN_LIFETIME_TOO_SHORT", async () => {
+    // Databricks derives the token's life from the JWT's, so with the default 120 s minimum the
+    // 75 s JWT the session allows is of no use: the failure says so rather than serving it.
+    const { db, cache } = await setup({}, { sessionExpiresAt: Date.now() + 100_000 });
+    await expect(cache.get("default", { waitMs: 10_000 })).rejects.toMatchObject({ code: "ERR_TOKEN_LIFETIME_TOO_SHORT", step: "token" });
+    expect(db.exchanges.filter((e) => e.ok)).toHaveLength(1);
   });
 
   it("reports a federation policy mismatch as invalid_grant with the policy hint", async () => {

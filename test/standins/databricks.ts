@@ -2,6 +2,8 @@
 // (RFC 8693 token exchange), plus one authenticated REST route to prove an issued token works.
 // It verifies subject tokens the way a relying party must: issuer pinned by the federation
 // policy, keys found through the issuer's OIDC discovery, then signature, expiry, aud and sub.
+// By default, as strict as Databricks: an access token lives no longer than the JWT it was
+// exchanged for, and a JWT is exchanged once.
 import type http from "node:http";
 import { createHash, randomBytes } from "node:crypto";
 import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from "jose";
@@ -35,13 +37,24 @@ export interface FederationPolicy {
 export interface DatabricksSettings {
   policy: FederationPolicy;
   accountId: string;
-  /** `expires_in` of issued tokens, in seconds. */
+  /** `expires_in` of issued tokens, in seconds: with lifetime "subject-token", the most they get. */
   expiresIn: number;
   /**
-   * Databricks documents that an access token's lifetime derives from the federated token's. With
-   * "subject-token" the lifetime is capped at the JWT's remaining life; "fixed" always uses expiresIn.
+   * "subject-token" (default): the token lives as long as the JWT has left, capped at expiresIn,
+   * as Databricks documents ("Each access token's lifetime is derived from the lifetime of the
+   * federated token you provide", Authenticate with an identity provider token). The one-hour
+   * cap is an assumption: the page names an hour as the most common lifetime, no maximum.
+   * "fixed": always expiresIn, whatever the JWT's life (not what Databricks does; for tests that
+   * need a token to outlive its JWT).
    */
   lifetime: "fixed" | "subject-token";
+  /**
+   * "refuse" (default): a JWT already exchanged is refused, `invalid_grant` 400. Databricks
+   * documents no replay behaviour; a token endpoint that verifies `jti` (RFC 7523 §3 lets it,
+   * and a JWT's single use is what the broker assumes) answers so, and it is the safe assumption.
+   * "allow": any number of exchanges until the JWT expires.
+   */
+  replay: "refuse" | "allow";
   /** JWT algorithms accepted; Databricks documents RS256 and ES256. */
   algorithms: string[];
   scopes: string[];
@@ -63,6 +76,9 @@ export type DatabricksFault =
   | { kind: "error"; status: number; error: string; description?: string; delayMs?: number }
   /** Exchange for real (the token works), but merge these fields into the JSON answer; `undefined` removes one. */
   | { kind: "patch"; fields: Record<string, unknown>; delayMs?: number };
+// Of the transport faults, "drop" (the answer cut after its headers) comes from a Databricks
+// that did the exchange: the JWT is used up and a token issued that never arrives. "reset" and
+// "raw" never reach it (a connection cut before the request arrived, a proxy answering).
 
 export interface Exchange {
   time: number;
@@ -79,6 +95,7 @@ export interface Exchange {
   /** Unverified claims of the subject token, when it decodes. */
   claims?: JWTPayload;
   status: number;
+  /** Databricks did the exchange: a token was issued (and the JWT used up), even where a "drop" then cut the answer. */
   ok: boolean;
   error?: string;
   description?: string;
@@ -124,6 +141,8 @@ export interface DatabricksStandIn {
   acceptConnections(): Promise<void>;
   /** Forget cached discovery documents and key sets. */
   resetJwksCache(): void;
+  /** True once a JWT with this `jti` (or this whole JWT, lacking one) has been exchanged. */
+  wasExchanged(jwt: string): boolean;
   close(): Promise<void>;
 }
 
@@ -157,7 +176,8 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     policy: options.policy,
     accountId: options.accountId ?? DEFAULT_ACCOUNT_ID,
     expiresIn: options.expiresIn ?? 3600,
-    lifetime: options.lifetime ?? "fixed",
+    lifetime: options.lifetime ?? "subject-token",
+    replay: options.replay ?? "refuse",
     algorithms: options.algorithms ?? ["RS256", "ES256"],
     scopes: options.scopes ?? ["all-apis", "sql", "offline_access"],
     clockToleranceSeconds: options.clockToleranceSeconds ?? 0,
@@ -168,6 +188,8 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
   const issuedTokens: IssuedToken[] = [];
   const apiCalls: ApiCall[] = [];
   const discoveries: DatabricksStandIn["discoveries"] = [];
+  /** The `jti` (or, lacking one, the whole token) of every JWT exchanged. */
+  const usedJwts = new Set<string>();
   const faults = new FaultPlan<DatabricksFault>();
   const keySets = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
 
@@ -280,9 +302,11 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
       // Undecodable tokens are refused below; the record just has no claims.
     }
     exchanges.push(exchange);
-    const answerError = (status: number, error: string, description: string) => {
-      Object.assign(exchange, { status, error, description });
-      sendJson(res, status, { error, error_description: description }, { "cache-control": "no-store" });
+    /** The answer the exchange itself would give: sent as it is, or cut short by a drop. */
+    let answer: { status: number; body: Record<string, unknown> };
+    const refused = (r: Refusal) => {
+      Object.assign(exchange, { status: r.status, error: r.error, description: r.description });
+      return { status: r.status, body: { error: r.error, error_description: r.description } };
     };
 
     let fault = faults.take();
@@ -291,71 +315,81 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
       fault = undefined;
     }
     if (fault) exchange.fault = fault.kind;
-    if (fault && fault.kind !== "patch") {
-      if (fault.kind === "error") {
-        if (fault.delayMs) await sleep(fault.delayMs);
-        return answerError(fault.status, fault.error, fault.description ?? `Injected ${fault.error}`);
-      }
-      exchange.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" ? (fault.status ?? 200) : 0;
-      return playTransportFault(res, fault, {
-        contentType: "application/json",
-        body: JSON.stringify({ access_token: randomBytes(48).toString("hex"), scope: "all-apis", token_type: "Bearer", expires_in: 3600 }),
-      });
+    if (fault?.kind === "error") {
+      if (fault.delayMs) await sleep(fault.delayMs);
+      const { status, body: out } = refused(new Refusal(fault.status, fault.error, fault.description ?? `Injected ${fault.error}`));
+      return sendJson(res, status, out, { "cache-control": "no-store" });
+    }
+    if (fault?.kind === "raw" || fault?.kind === "reset") {
+      exchange.status = fault.kind === "raw" ? fault.status : 0;
+      return playTransportFault(res, fault, { contentType: "application/json", body: "" });
     }
 
     try {
-      if (req.method !== "POST") throw new Refusal(405, "invalid_request", `${req.method} is not supported; use POST`);
-      if (body === undefined) throw new Refusal(413, "invalid_request", "Request body is too large");
-      if (!/^application\/x-www-form-urlencoded\b/i.test(req.headers["content-type"] ?? "")) {
-        throw invalidRequest("Content-Type must be application/x-www-form-urlencoded");
-      }
-      if (accountId !== undefined && accountId !== settings.accountId) {
-        throw invalidRequest(`Account ${accountId} does not exist or does not serve this endpoint`);
-      }
-      if (!exchange.grantType) throw invalidRequest("Missing required parameter: grant_type");
-      if (exchange.grantType !== TOKEN_EXCHANGE_GRANT) {
-        throw new Refusal(400, "unsupported_grant_type", `Unsupported grant_type: ${exchange.grantType}`);
-      }
-      if (!subjectToken) throw invalidRequest("Missing required parameter: subject_token");
-      if (!exchange.subjectTokenType) throw invalidRequest("Missing required parameter: subject_token_type");
-      if (exchange.subjectTokenType !== JWT_TOKEN_TYPE) {
-        throw invalidRequest(`Unsupported subject_token_type: ${exchange.subjectTokenType}`);
-      }
-      if (!exchange.scope) throw invalidRequest("Missing required parameter: scope");
-      const unknownScopes = exchange.scope.split(" ").filter((s) => !settings.scopes.includes(s));
-      if (unknownScopes.length) throw new Refusal(400, "invalid_scope", `Unsupported scope: ${unknownScopes.join(" ")}`);
-
-      const { subject, payload } = await verify(subjectToken, exchange.clientId);
-      const issuedAt = now();
-      const jwtLeft = Math.floor(((payload.exp ?? 0) * 1000 - issuedAt) / 1000);
-      const expiresIn = settings.lifetime === "subject-token" ? Math.min(settings.expiresIn, jwtLeft) : settings.expiresIn;
-      const token = randomBytes(48).toString("hex");
-      issuedTokens.push({
-        token,
-        issuedAt,
-        expiresAt: issuedAt + expiresIn * 1000,
-        scope: exchange.scope,
-        subject: settings.policy.servicePrincipalId ?? subject,
-        clientId: exchange.clientId,
-      });
-      Object.assign(exchange, { status: 200, ok: true, accessToken: token });
-      if (fault?.delayMs) await sleep(fault.delayMs);
-      sendJson(
-        res,
-        200,
-        {
-          access_token: token,
-          scope: exchange.scope,
-          token_type: "Bearer",
-          expires_in: expiresIn,
-          ...(fault?.kind === "patch" ? fault.fields : {}),
-        },
-        { "cache-control": "no-store" },
-      );
+      answer = await exchangeFor(req, exchange, body, accountId, fault?.kind === "patch" ? fault.fields : {});
     } catch (err) {
       if (!(err instanceof Refusal)) throw err;
-      answerError(err.status, err.error, err.description);
+      answer = refused(err);
     }
+    if (fault?.kind === "drop") {
+      if (fault.status !== undefined) exchange.status = fault.status;
+      return playTransportFault(res, { ...fault, status: fault.status ?? answer.status }, { contentType: "application/json", body: JSON.stringify(answer.body) });
+    }
+    if (fault?.delayMs) await sleep(fault.delayMs);
+    sendJson(res, answer.status, answer.body, { "cache-control": "no-store" });
+  };
+
+  /** The exchange proper: checks the request and the JWT, uses the JWT up, issues a token. */
+  const exchangeFor = async (
+    req: http.IncomingMessage,
+    exchange: Exchange,
+    body: string | undefined,
+    accountId: string | undefined,
+    patch: Record<string, unknown>,
+  ): Promise<{ status: number; body: Record<string, unknown> }> => {
+    const subjectToken = exchange.subjectToken;
+    if (req.method !== "POST") throw new Refusal(405, "invalid_request", `${req.method} is not supported; use POST`);
+    if (body === undefined) throw new Refusal(413, "invalid_request", "Request body is too large");
+    if (!/^application\/x-www-form-urlencoded\b/i.test(req.headers["content-type"] ?? "")) {
+      throw invalidRequest("Content-Type must be application/x-www-form-urlencoded");
+    }
+    if (accountId !== undefined && accountId !== settings.accountId) {
+      throw invalidRequest(`Account ${accountId} does not exist or does not serve this endpoint`);
+    }
+    if (!exchange.grantType) throw invalidRequest("Missing required parameter: grant_type");
+    if (exchange.grantType !== TOKEN_EXCHANGE_GRANT) {
+      throw new Refusal(400, "unsupported_grant_type", `Unsupported grant_type: ${exchange.grantType}`);
+    }
+    if (!subjectToken) throw invalidRequest("Missing required parameter: subject_token");
+    if (!exchange.subjectTokenType) throw invalidRequest("Missing required parameter: subject_token_type");
+    if (exchange.subjectTokenType !== JWT_TOKEN_TYPE) {
+      throw invalidRequest(`Unsupported subject_token_type: ${exchange.subjectTokenType}`);
+    }
+    if (!exchange.scope) throw invalidRequest("Missing required parameter: scope");
+    const unknownScopes = exchange.scope.split(" ").filter((s) => !settings.scopes.includes(s));
+    if (unknownScopes.length) throw new Refusal(400, "invalid_scope", `Unsupported scope: ${unknownScopes.join(" ")}`);
+
+    const { subject, payload } = await verify(subjectToken, exchange.clientId);
+    // Only a verified JWT is used up: a forged one says nothing about the real one's jti.
+    const id = typeof payload.jti === "string" ? `jti:${payload.jti}` : `jwt:${subjectToken}`;
+    if (settings.replay === "refuse") {
+      if (usedJwts.has(id)) throw invalidGrant("The subject_token has already been used: a JWT is exchanged once (jti)");
+      usedJwts.add(id);
+    }
+    const issuedAt = now();
+    const jwtLeft = Math.floor(((payload.exp ?? 0) * 1000 - issuedAt) / 1000);
+    const expiresIn = settings.lifetime === "subject-token" ? Math.min(settings.expiresIn, jwtLeft) : settings.expiresIn;
+    const token = randomBytes(48).toString("hex");
+    issuedTokens.push({
+      token,
+      issuedAt,
+      expiresAt: issuedAt + expiresIn * 1000,
+      scope: exchange.scope,
+      subject: settings.policy.servicePrincipalId ?? subject,
+      clientId: exchange.clientId,
+    });
+    Object.assign(exchange, { status: 200, ok: true, accessToken: token });
+    return { status: 200, body: { access_token: token, scope: exchange.scope, token_type: "Bearer", expires_in: expiresIn, ...patch } };
   };
 
   const handleMe = (req: http.IncomingMessage, res: http.ServerResponse, path: string) => {
@@ -428,6 +462,15 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     refuseConnections: () => server.refuse(),
     acceptConnections: () => server.accept(),
     resetJwksCache: () => keySets.clear(),
+    wasExchanged: (jwt) => {
+      let jti: unknown;
+      try {
+        jti = decodeJwt(jwt).jti;
+      } catch {
+        return false;
+      }
+      return usedJwts.has(typeof jti === "string" ? `jti:${jti}` : `jwt:${jwt}`);
+    },
     close: () => server.close(),
   };
 }
