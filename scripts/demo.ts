@@ -70,7 +70,8 @@ async function main(): Promise<number> {
     if (!init.ok) throw new Error(`init failed: ${JSON.stringify(init)}\n${s.lambda.stdout.join("\n")}`);
     const listening = logs(s.lambda).find((l) => l.msg === "listening")?.addresses;
     const addresses = Array.isArray(listening) ? listening.join(", ") : `127.0.0.1:${port}`;
-    say(`extension listening on ${addresses} and registered for ${init.registration.events.join(", ")} after ${init.spawnToRegisteredMs.toFixed(0)} ms; init done, prefetch running`);
+    say(`extension listening on ${addresses} and registered for ${init.registration.events.join(", ")} after ${init.spawnToRegisteredMs.toFixed(0)} ms; init done, prefetch started`);
+    detail("Lambda freezes the environment between events: here until the first invoke, prefetch and all");
 
     // The function: the repository's Node.js example, with the environment Lambda would give it.
     Object.assign(process.env, { DATABRICKS_HOST: s.db.url, AWS_SESSION_TOKEN: SESSION_TOKEN, DATABRICKS_TOKEN_BROKER_PORT: String(port) });
@@ -105,11 +106,10 @@ async function main(): Promise<number> {
     detail(`before asking for the next event (${refreshed.timings.postRuntimeMs.toFixed(0)} ms after the handler): new token ${fresh ? FINGERPRINT(fresh.token) : "?"}; ${upstream()}`);
 
     const frozenFor = lifetime + 1;
-    say(`Lambda freezes the environment (SIGSTOP) for ${frozenFor} s, longer than the token's life`);
-    s.lambda.freeze();
+    // The emulator froze the environment when the invoke ended, as Lambda does; the next invoke thaws it.
+    say(`no invoke for ${frozenFor} s, longer than the token's life: the environment stays frozen (SIGSTOP)`);
     await sleep(frozenFor * 1000);
-    s.lambda.thaw();
-    say("thawed (SIGCONT): the cached token expired while frozen");
+    say("the next invoke thaws it (SIGCONT): the cached token expired while frozen");
     await invoke("after the thaw");
     detail(`the expired token was never served; the request waited for a fresh one: ${upstream()}`);
 

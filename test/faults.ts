@@ -64,11 +64,12 @@ async function validJwt(s: Stack, lifetimeSeconds = 300): Promise<string> {
   return jwt;
 }
 
-/** An STS answer carrying a real JWT and the given Expiration element (or none). */
-const stsAnswerWith = (expiration: (jwtExp: Date) => string | undefined) => async (s: Stack) => {
-  const jwt = await validJwt(s);
-  const exp = expiration(new Date(Date.now() + 300_000));
-  s.sts.setFault({ kind: "raw", status: 200, contentType: "text/xml", body: stsXml(`<WebIdentityToken>${jwt}</WebIdentityToken>${exp === undefined ? "" : `<Expiration>${exp}</Expiration>`}`) });
+/**
+ * STS answers carrying a fresh, real JWT each time (as STS gives: the Databricks stand-in
+ * refuses a JWT it has exchanged before) and the given Expiration element, or none.
+ */
+const stsAnswerWith = (expiration: (jwtExp: Date) => string | undefined) => (s: Stack) => {
+  s.sts.setFault({ kind: "patch", fields: { Expiration: expiration(new Date(Date.now() + 300_000)) } });
 };
 
 const stsFaults: Fault[] = [
@@ -319,6 +320,9 @@ export async function runScenario(f: Fault): Promise<Outcome> {
     ...f.stack,
     db: { expiresIn: FAST.expiresIn, ...f.stack?.db },
     env: { ...fastEnv(), ...f.stack?.env },
+    // Requests come from outside any invoke, all the time, as from concurrent callers: the
+    // environment is not frozen between invokes here (e2e.test.ts and the soak freeze it).
+    lambda: { freezeWhenIdle: false, ...f.stack?.lambda },
   });
   try {
     const init = await s.lambda.init;
@@ -493,7 +497,8 @@ export interface StormOutcome {
 
 export async function runStorm(st: Storm): Promise<StormOutcome> {
   const out: StormOutcome = { requests: 0, statuses: {}, attempts: 0, stsCalls: 0, exchanges: 0, invokes: 0, invokeProblems: [], windowMs: 0, wrong: [], leaks: [], crashes: [], alive: false };
-  const s = await startStack({ db: { expiresIn: FAST.expiresIn }, env: fastEnv() });
+  // Not frozen between invokes: the load comes from outside any invoke, all the time.
+  const s = await startStack({ db: { expiresIn: FAST.expiresIn }, env: fastEnv(), lambda: { freezeWhenIdle: false } });
   const obs: Observation[] = [];
   try {
     const init = await s.lambda.init;

@@ -18,7 +18,8 @@ const MIN_TTL_SECONDS = 120;
 
 let s: Stack;
 beforeAll(async () => {
-  s = await startStack();
+  // Fuzzed requests come all the time from outside any invoke: the environment is kept running.
+  s = await startStack({ lambda: { freezeWhenIdle: false } });
   const init = await s.lambda.init;
   if (!init.ok) throw new Error(`init ${init.status}: ${JSON.stringify(init)}`);
   // Warm: the first token is fetched, so fuzzed requests are answered from the cache.

@@ -44,18 +44,21 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** An executable script, as an extension is one in /opt/extensions: its file name is its name. */
 async function script(name: string, body: string): Promise<string> {
   const path = join(dir, name);
-  await writeFile(path, PRELUDE + body);
+  await writeFile(path, `#!${process.execPath}\n${PRELUDE}${body}`);
+  await chmod(path, 0o755);
   return path;
 }
 
 async function start(name: string, body: string, extra: Partial<StartLambdaOptions> = {}): Promise<LambdaEmulator> {
-  const path = await script(name, body);
-  const lambda = await startLambda({ command: process.execPath, args: [path], extensionName: name, ...extra });
+  const lambda = await startLambda({ command: await script(name, body), ...extra });
   running.push(lambda);
   return lambda;
 }
+
+const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function events(lambda: LambdaEmulator, kind: string): Record<string, unknown>[] {
   return lambda.stdout
@@ -113,6 +116,8 @@ for (;;) {
     });
     expect(reg?.id).toMatch(UUID);
 
+    // Init complete, nothing to run: frozen until an invoke, as Lambda leaves it.
+    expect(lambda.frozen).toBe(true);
     const port = (JSON.parse(await lambda.waitForLine(/"kind":"listening"/)) as { port: number }).port;
     const before = Date.now();
     const first = await lambda.invoke(async (ctx) => {
@@ -120,6 +125,7 @@ for (;;) {
       return `${await res.text()} ${ctx.requestId}`;
     });
     expect(first.result).toBe(`pong ${first.requestId}`);
+    expect(lambda.frozen).toBe(true);
     expect(first.deliveredTo).toBe(1);
     expect(first.timedOut).toBe(false);
     // Complete only once the extension asked for the next event, ~150 ms after its INVOKE.
@@ -153,7 +159,8 @@ for (;;) {
     const beforeShutdown = Date.now();
     const down = await lambda.shutdown();
     expect(down).toMatchObject({ reason: "spindown", code: 0, signal: null, killed: false });
-    expect(down.elapsedMs).toBeLessThan(1_000);
+    // Inside the 2 s deadline (killed: false says so); how far inside is the bench's to measure.
+    expect(down.elapsedMs).toBeLessThan(2_000);
     const shutdown = events(lambda, "event").at(-1) as { eventId: string | null; body: Record<string, unknown> };
     expect(shutdown.body).toEqual({ eventType: "SHUTDOWN", shutdownReason: "spindown", deadlineMs: down.deadlineMs });
     expect(down.deadlineMs).toBeGreaterThanOrEqual(beforeShutdown + 2_000);
@@ -259,7 +266,8 @@ for (;;) {
     expect(events(lambda, "event").map((e) => (e.body as { eventType: string }).eventType)).toEqual(["SHUTDOWN"]);
   });
 
-  it("freezes and thaws the whole process group, launcher and all", async () => {
+  /** A launcher that does not exec, so the extension's node is a grandchild, as with a shell wrapper in /opt/extensions. */
+  async function ticker(extra: Partial<StartLambdaOptions> = {}): Promise<LambdaEmulator> {
     await script(
       "ticker.mjs",
       `
@@ -273,15 +281,20 @@ for (;;) {
 }
 `,
     );
-    // A launcher that does not exec, so the extension's node is a grandchild, as with a
-    // shell wrapper in /opt/extensions.
     const launcher = join(dir, "ticker");
     await writeFile(launcher, `#!/bin/sh\n"$NODE_BIN" "$(dirname "$0")/ticker.mjs"\n`);
     await chmod(launcher, 0o755);
-    const lambda = await startLambda({ command: launcher, extensionName: "ticker", env: { NODE_BIN: process.execPath } });
+    const lambda = await startLambda({ command: launcher, env: { NODE_BIN: process.execPath }, ...extra });
     running.push(lambda);
+    return lambda;
+  }
+  const ticks = (lambda: LambdaEmulator) => lambda.stdout.filter((l) => l.startsWith("tick ")).length;
+  const lastTick = (lambda: LambdaEmulator) => Number(lambda.stdout.filter((l) => l.startsWith("tick ")).at(-1)?.slice(5) ?? -1);
 
+  it("freezes and thaws the whole process group, launcher and all", async () => {
+    const lambda = await ticker({ freezeWhenIdle: false });
     expect((await lambda.init).ok).toBe(true);
+    expect(lambda.frozen).toBe(false);
     const pids = events(lambda, "pids")[0] as { pid: number; ppid: number };
     expect(pids.pid).not.toBe(lambda.pid);
     expect(pids.ppid).toBe(lambda.pid);
@@ -289,14 +302,14 @@ for (;;) {
 
     lambda.freeze();
     expect(lambda.frozen).toBe(true);
-    await new Promise((r) => setTimeout(r, 50));
+    await settle(50);
     const frozenAt = lambda.stdout.length;
-    await new Promise((r) => setTimeout(r, 300));
+    await settle(300);
     expect(lambda.stdout.length).toBe(frozenAt);
 
     lambda.thaw();
-    const lastTick = Number(lambda.stdout.filter((l) => l.startsWith("tick ")).at(-1)?.slice(5));
-    await lambda.waitForLine((l) => l.startsWith("tick ") && Number(l.slice(5)) > lastTick, { timeoutMs: 1_000 });
+    const last = lastTick(lambda);
+    await lambda.waitForLine((l) => l.startsWith("tick ") && Number(l.slice(5)) > last, { timeoutMs: 5_000 });
 
     // An invoke thaws a frozen environment first, as Lambda does.
     lambda.freeze();
@@ -305,6 +318,81 @@ for (;;) {
     expect(lambda.frozen).toBe(false);
 
     expect(await lambda.shutdown()).toMatchObject({ code: 0, killed: false });
+  });
+
+  it("by default freezes once init completes and after every invoke, and runs the extension only inside invokes", async () => {
+    const lambda = await ticker();
+    expect((await lambda.init).ok).toBe(true);
+    expect(lambda.frozen).toBe(true);
+    // Whatever was written before the freeze drains; then nothing more comes.
+    await settle(100);
+    const afterInit = ticks(lambda);
+    await settle(300);
+    expect(ticks(lambda)).toBe(afterInit);
+
+    // Inside an invoke the process runs (the handler waits for a tick it did not see before).
+    const before = lastTick(lambda);
+    await lambda.invoke(() => lambda.waitForLine((l) => l.startsWith("tick ") && Number(l.slice(5)) > before, { timeoutMs: 5_000 }));
+    expect(lambda.frozen).toBe(true);
+    await settle(100);
+    const afterInvoke = ticks(lambda);
+    expect(afterInvoke).toBeGreaterThan(afterInit);
+    await settle(300);
+    expect(ticks(lambda)).toBe(afterInvoke);
+
+    // A shutdown thaws it to deliver SHUTDOWN.
+    expect(await lambda.shutdown()).toMatchObject({ code: 0, killed: false });
+  });
+
+  it("knows the extension by its executable's file name, as Lambda does", async () => {
+    // The same program under another file name: its registration as "ext-real.mjs" is now an internal extension's.
+    const body = `
+const reg = await register("ext-real.mjs", ["INVOKE", "SHUTDOWN"]);
+log({ kind: "result", ...reg });
+process.exit(0);
+`;
+    const renamed = await start("ext-renamed.mjs", body);
+    await renamed.exited;
+    expect(events(renamed, "result")[0]).toMatchObject({ status: 403, body: { errorType: "Extension.InvalidEventType", errorMessage: "SHUTDOWN: ShutdownEventNotSupportedForInternalExtension" } });
+    const real = await start("ext-real.mjs", body);
+    await real.exited;
+    expect(events(real, "result")[0]).toMatchObject({ status: 200 });
+    expect(real.registrations).toEqual([expect.objectContaining({ name: "ext-real.mjs", kind: "external" })]);
+    // The old option may only repeat the file name.
+    await expect(startLambda({ command: join(dir, "ext-real.mjs"), extensionName: "something-else" })).rejects.toThrow(/file name/);
+  });
+
+  it("runs the function's init code once the extension registered, and completes init when both are done", async () => {
+    const body = `
+const reg = await register(process.argv[1].split("/").pop(), ["INVOKE", "SHUTDOWN"]);
+await new Promise((r) => setTimeout(r, 200));
+for (;;) {
+  const ev = await next(reg.id);
+  if (ev.body.eventType === "SHUTDOWN") process.exit(0);
+}
+`;
+    let lambda: LambdaEmulator | undefined;
+    const seen: { registered: number; firstNext: number | undefined }[] = [];
+    lambda = await start("ext-fninit.mjs", body, {
+      functionInit: async () => {
+        seen.push({ registered: lambda!.registrations.length, firstNext: lambda!.timings.firstNextAt });
+        await settle(400);
+        return "init code done";
+      },
+    });
+    const init = await lambda.init;
+    expect(init).toMatchObject({ ok: true, functionInit: "init code done" });
+    // Started after the registration, before the extension was ready; init waited for the slower of the two.
+    expect(seen).toEqual([{ registered: 1, firstNext: undefined }]);
+    expect(lambda.frozen).toBe(true);
+
+    const failing = await start("ext-fninit-fails.mjs", body, {
+      functionInit: () => {
+        throw new Error("module not found");
+      },
+    });
+    expect(await failing.init).toMatchObject({ ok: false, status: "failed", errorType: "Function.InitError" });
+    expect(failing.initErrors).toEqual([expect.objectContaining({ errorType: "Function.InitError", body: "module not found" })]);
   });
 
   it("kills an extension that ignores SHUTDOWN once the deadline passes", async () => {
@@ -321,7 +409,8 @@ setInterval(() => {}, 1000);
     const down = await lambda.shutdown("failure");
     expect(down).toMatchObject({ reason: "failure", killed: true, signal: "SIGKILL", code: null });
     expect(down.elapsedMs).toBeGreaterThanOrEqual(1_900);
-    expect(down.elapsedMs).toBeLessThan(3_500);
+    // Killed at the deadline, not left running: how soon after it is the machine's load.
+    expect(down.elapsedMs).toBeLessThan(10_000);
     expect(events(lambda, "event")[0]).toMatchObject({ body: { eventType: "SHUTDOWN", shutdownReason: "failure" } });
   });
 

@@ -64,7 +64,8 @@ export interface SoakOutcome {
 
 /** Runs the soak and records what happened; judgeSoak() says whether it was right. */
 export async function runSoak(): Promise<SoakOutcome> {
-  const s = await startStack({ db: { expiresIn: LIFE.expiresIn }, env: fastEnv(LIFE), lambda: { functionTimeoutMs: 6_000 } });
+  // The soak freezes and thaws on its own random schedule (driver below), so the emulator's own freezes are off.
+  const s = await startStack({ db: { expiresIn: LIFE.expiresIn }, env: fastEnv(LIFE), lambda: { functionTimeoutMs: 6_000, freezeWhenIdle: false } });
   const out: SoakOutcome = { obs: [], invokes: 0, invokeProblems: [], freezes: [], toggled: [], rss: [], recovered: [], aliveAtEnd: false, refreshed: 0, exchangesOk: 0, stsCalls: 0, wrong: [], expired: 0, crashes: [], leaks: [], ms: 0 };
   const { obs, invokeProblems, rss, toggled, freezes } = out;
   const start = Date.now();

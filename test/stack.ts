@@ -49,7 +49,11 @@ export interface Stack {
   port: number;
   base: string;
   env: Record<string, string | undefined>;
-  /** GET on the broker with the function's session token. */
+  /**
+   * GET on the broker with the function's session token. Asked while the environment is frozen
+   * (between invokes), it is asked inside an invoke the stack runs for it, as only a function
+   * could ask, and a function runs only inside an invoke.
+   */
   token(path?: string, headers?: Record<string, string>): Promise<Response>;
   /** GET on the broker with exactly these headers (no session token added). */
   get(path: string, headers?: Record<string, string>): Promise<Response>;
@@ -61,6 +65,8 @@ export interface Stack {
   readonly secrets: Set<string>;
   /** What the secrets scan finds so far: log lines, error reports and answers. */
   leaks(): Promise<string[]>;
+  /** Invokes the stack ran around requests made while the environment was frozen (see `token`). */
+  readonly implicitInvokes: number;
   /** Stops everything, then fails if any log line, error report or answer carried a secret. */
   close(): Promise<void>;
 }
@@ -73,6 +79,11 @@ export interface StackOptions {
   command?: string;
   /** Runs once the stand-ins are up and before the extension starts: faults for its cold start. */
   before?: (standIns: { sts: StsStandIn; db: DatabricksStandIn }) => void;
+  /**
+   * The function's init code (see StartLambdaOptions.functionInit), given the stack's `token`
+   * and `get` to ask the extension with; its result is the init result's `functionInit`.
+   */
+  functionInit?: (ask: Pick<Stack, "token" | "get">) => unknown;
 }
 
 /** The execution role's credentials in the emulated environment, and so the key the STS stand-in knows. */
@@ -83,8 +94,6 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   const sts = await startSts({ region: "us-east-1", credentials: [ROLE_CREDENTIALS], ...o.sts });
   const db = await startDatabricks({
     policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
-    // As Databricks documents: the access token lives no longer than the JWT it was exchanged for.
-    lifetime: "subject-token",
     ...o.db,
   });
   const port = await freePort();
@@ -100,14 +109,53 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     ...o.env,
   };
   o.before?.({ sts, db });
-  const lambda = await startLambda({ command: o.command ?? LAUNCHER, extensionName: "databricks-token-broker", env, ...o.lambda });
   const base = `http://127.0.0.1:${port}`;
   const answers: RecordedAnswer[] = [];
   const secrets = new Set<string>();
   const reading = new Set<Promise<void>>();
+  // Set once startLambda returns; the function's init code may ask before that.
+  let lambda: LambdaEmulator | undefined;
+  /** Requests the stack wrapped in an invoke of its own, and that invoke. */
+  let batch: { pending: Set<Promise<unknown>>; invoke: Promise<unknown> } | undefined;
+  /**
+   * Only a function asks the extension, and a function runs only inside an invoke: a request
+   * made while the environment is frozen (between invokes, as Lambda leaves it) is made inside
+   * an invoke the stack runs for it, which lasts until it and every request made meanwhile are
+   * answered. Tests that drive invokes themselves ask inside them instead (`implicitInvokes`
+   * counts the others). Only for the emulator's own freezes: one a test makes itself is the
+   * test's to end.
+   */
+  const freezesWhenIdle = o.lambda?.freezeWhenIdle ?? true;
+  const asTheFunction = <T>(request: () => Promise<T>): Promise<T> => {
+    const env = lambda;
+    // A test that freezes the environment itself (freezeWhenIdle: false) means its requests to wait for the thaw.
+    if (!freezesWhenIdle || (!batch && !env?.frozen)) return request();
+    const p = request();
+    if (batch) {
+      batch.pending.add(p);
+      return p;
+    }
+    const pending = new Set<Promise<unknown>>([p]);
+    implicitInvokes += 1;
+    const invoke = env!
+      .invoke(async () => {
+        while (pending.size > 0) {
+          const now = [...pending];
+          await Promise.allSettled(now);
+          for (const q of now) pending.delete(q);
+        }
+      })
+      .finally(() => {
+        batch = undefined;
+      });
+    batch = { pending, invoke };
+    // The request was started before the thaw: it is answered once the invoke has thawed the process.
+    return p;
+  };
+  let implicitInvokes = 0;
   // The caller reads the answer as it likes; a clone feeds the scan.
   const recorded = async (path: string, headers: Record<string, string>): Promise<Response> => {
-    const res = await fetch(`${base}${path}`, { headers });
+    const res = await asTheFunction(() => fetch(`${base}${path}`, { headers }));
     const copy = res
       .clone()
       .text()
@@ -119,6 +167,11 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     void copy.finally(() => reading.delete(copy));
     return res;
   };
+  const token = (path = "/token", headers: Record<string, string> = {}) => recorded(path, { "x-aws-session-token": SESSION_TOKEN, ...headers });
+  const get = (path: string, headers: Record<string, string> = {}) => recorded(path, headers);
+  const functionInit = o.functionInit;
+  const started = await startLambda({ command: o.command ?? LAUNCHER, env, ...(functionInit ? { functionInit: () => functionInit({ token, get }) } : {}), ...o.lambda });
+  lambda = started;
   const leaks = async () => {
     await Promise.all(reading);
     return findLeaks({
@@ -142,13 +195,17 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     port,
     base,
     env,
-    token: (path = "/token", headers = {}) => recorded(path, { "x-aws-session-token": SESSION_TOKEN, ...headers }),
-    get: (path, headers = {}) => recorded(path, headers),
+    token,
+    get,
     answers,
     record: (a) => void answers.push(a),
     secrets,
     leaks,
+    get implicitInvokes() {
+      return implicitInvokes;
+    },
     async close() {
+      await batch?.invoke.catch(() => {});
       await lambda.close();
       await Promise.all([sts.close(), db.close()]);
       const found = await leaks();

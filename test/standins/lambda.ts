@@ -1,7 +1,10 @@
 // A local stand-in for the AWS Lambda execution environment, seen from an external
 // extension: it serves the Extensions API on loopback, runs the extension as a child
 // process the way Lambda runs /opt/extensions/*, and lets a test or the demo drive the
-// lifecycle (init, invoke, freeze/thaw, shutdown).
+// lifecycle (init, invoke, freeze/thaw, shutdown). As Lambda does, it knows the extension by
+// its executable's file name, and freezes the environment whenever nothing runs in it: once
+// init completes (as provisioned concurrency and SnapStart do, with the prefetch often still in
+// flight) and after every invoke; an invoke thaws it.
 //
 // Wire behaviour follows the Extensions API reference
 // (https://docs.aws.amazon.com/lambda/latest/dg/runtimes-extensions-api.html) and, where
@@ -12,6 +15,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { basename } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { LAMBDA_CREDENTIALS } from "./credentials.js";
@@ -31,20 +35,37 @@ export type ShutdownReason = "spindown" | "timeout" | "failure";
 export type OutputStream = "stdout" | "stderr";
 
 export interface StartLambdaOptions {
-  /** Executable to run, e.g. the layer's `extensions/<name>` launcher or `process.execPath`. */
+  /**
+   * Executable to run, e.g. the layer's `extensions/<name>` launcher. Its file name is the name
+   * Lambda expects in `Lambda-Extension-Name` (any other is taken for an internal extension).
+   */
   command: string;
   args?: string[];
-  /** The name Lambda expects in `Lambda-Extension-Name`: the executable's file name. */
-  extensionName: string;
+  /**
+   * @deprecated Lambda takes the name from the file name of `command`, and so does the emulator;
+   * kept for callers not yet updated (bench/main.ts), and refused when it names anything else.
+   */
+  extensionName?: string;
   /** Merged over the emulated Lambda environment; the caller wins, `undefined` removes a variable. */
   env?: Record<string, string | undefined>;
   cwd?: string;
   initTimeoutMs?: number;
   /** The function's timeout: sets INVOKE `deadlineMs` and bounds `invoke()`. */
   functionTimeoutMs?: number;
-  /** Freeze the process after every completed invoke, as Lambda does. Off by default so a
-   * test may talk to the extension between invokes. */
-  freezeBetweenInvokes?: boolean;
+  /**
+   * Freeze the environment whenever Lambda would (default true): once init completes and after
+   * every completed invoke; an invoke or a shutdown thaws it. False keeps it running between
+   * invokes, for a test that talks to the extension from outside any invoke (which no function
+   * in Lambda can do; a Managed Instances environment is never frozen anyway).
+   */
+  freezeWhenIdle?: boolean;
+  /**
+   * The function's init code (the runtime's Init phase). Lambda starts the runtime once the
+   * extensions have registered, so this runs then, beside the extension's own init; init
+   * completes when both are done (the extension has asked for its first event). Its result
+   * is the init result's `functionInit`; a throw fails the init as a function init error.
+   */
+  functionInit?: () => unknown;
   accountId?: string;
   handler?: string;
   onLine?: (stream: OutputStream, line: string) => void;
@@ -78,7 +99,7 @@ export interface InitTimings {
 }
 
 export type InitResult =
-  | { ok: true; status: "registered"; spawnToRegisteredMs: number; spawnToReadyMs: number; registration: Registration }
+  | { ok: true; status: "registered"; spawnToRegisteredMs: number; spawnToReadyMs: number; registration: Registration; functionInit?: unknown }
   | { ok: false; status: "failed"; errorType: string; initErrors: ReportedError[]; exitErrors: ReportedError[] }
   | { ok: false; status: "timeout"; timeoutMs: number }
   | { ok: false; status: "exited"; code: number | null; signal: NodeJS.Signals | null; spawnError?: string };
@@ -300,6 +321,12 @@ function parseJsonOrText(text: string): unknown {
 }
 
 export async function startLambda(options: StartLambdaOptions): Promise<LambdaEmulator> {
+  // Lambda knows an external extension by its executable's file name in /opt/extensions.
+  const extensionName = basename(options.command);
+  if (options.extensionName !== undefined && options.extensionName !== extensionName) {
+    throw new Error(`extensionName ${options.extensionName} is not the file name of ${options.command}: Lambda takes the name from the file name`);
+  }
+  const freezeWhenIdle = options.freezeWhenIdle ?? true;
   const initTimeoutMs = options.initTimeoutMs ?? DEFAULT_INIT_TIMEOUT_MS;
   const functionTimeoutMs = options.functionTimeoutMs ?? DEFAULT_FUNCTION_TIMEOUT_MS;
   const accountId = options.accountId ?? "123456789012";
@@ -320,6 +347,8 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
   let shutdownPromise: Promise<ShutdownResult> | undefined;
   let frozen = false;
   let invokeInFlight = false;
+  /** The function's init code, started once the extension registered. */
+  let functionInitRun: Promise<{ ok: true; value: unknown } | { ok: false; error: unknown }> | undefined;
   let closed = false;
   let exitInfo: ExitInfo | undefined;
 
@@ -518,7 +547,7 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
       return;
     }
 
-    const external = name === options.extensionName;
+    const external = name === extensionName;
     if (external) {
       // Lambda knows its external extensions by the executable's file name; any other
       // name is taken as an internal extension (one living inside the runtime process).
@@ -565,7 +594,16 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
     const registration: Registration = { extensionId, name, kind: external ? "external" : "internal", events, at: performance.now() };
     agents.set(extensionId, { registration, state: "Registered", waiting: undefined, queue: [], current: undefined });
     registrations.push(registration);
-    if (external) timings.registeredAt = registration.at;
+    if (external) {
+      timings.registeredAt = registration.at;
+      // The extensions have registered: Lambda starts the runtime, which runs the function's init code.
+      functionInitRun = Promise.resolve()
+        .then(() => options.functionInit?.())
+        .then(
+          (value) => ({ ok: true as const, value }),
+          (error: unknown) => ({ ok: false as const, error }),
+        );
+    }
 
     const features = String(req.headers["lambda-extension-accept-feature"] ?? "")
       .split(",")
@@ -601,14 +639,29 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
 
     if (agent.registration.kind === "external" && timings.firstNextAt === undefined) {
       timings.firstNextAt = performance.now();
-      timings.initDoneAt = timings.firstNextAt;
-      // Lambda would now start the runtime; with no runtime here, init is complete.
-      settleInit({
-        ok: true,
-        status: "registered",
-        spawnToRegisteredMs: (timings.registeredAt ?? timings.firstNextAt) - timings.spawnedAt,
-        spawnToReadyMs: timings.firstNextAt - timings.spawnedAt,
-        registration: agent.registration,
+      const registration = agent.registration;
+      void (functionInitRun ?? Promise.resolve({ ok: true as const, value: undefined })).then((fn) => {
+        if (initSettled || exitInfo) return;
+        timings.initDoneAt = performance.now();
+        if (!fn.ok) {
+          // Recorded beside the extensions' reports, so a test sees why its init failed.
+          initErrors.push({ extensionId: "", extensionName: "(function init)", errorType: "Function.InitError", body: fn.error instanceof Error ? fn.error.message : String(fn.error), at: performance.now() });
+          failInit("Function.InitError");
+          return;
+        }
+        settleInit({
+          ok: true,
+          status: "registered",
+          spawnToRegisteredMs: (timings.registeredAt ?? timings.firstNextAt!) - timings.spawnedAt,
+          spawnToReadyMs: timings.firstNextAt! - timings.spawnedAt,
+          registration,
+          ...(options.functionInit ? { functionInit: fn.value } : {}),
+        });
+        // Init is complete: with nothing to run, Lambda freezes the environment until an invoke
+        // (at once for provisioned concurrency; a SnapStart snapshot is taken of it frozen), often
+        // with the extension's prefetch still in flight. Done before the init promise's callbacks
+        // run, so no caller sees the extension running after init.
+        if (freezeWhenIdle && !managedInstances && !shuttingDown) freeze();
       });
     }
     pump(agent);
@@ -754,7 +807,8 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
         throw new Error(`extension process exited during the invoke (code ${exit.code}, signal ${exit.signal})`);
       }
       if (outcome && !outcome.ok) throw outcome.error;
-      if (options.freezeBetweenInvokes && !managedInstances) {
+      // Idle again, unless a shutdown began meanwhile (it thawed the process to deliver SHUTDOWN).
+      if (freezeWhenIdle && !managedInstances && !shuttingDown) {
         invokeInFlight = false;
         freeze();
       }

@@ -223,7 +223,12 @@ export interface StsOptions extends Partial<StsSettings> {
 export type AwsFault =
   | TransportFault
   | { kind: "error"; code: string; status: number; message?: string; type?: "Sender" | "Receiver"; delayMs?: number };
-export type StsFault = AwsFault;
+/**
+ * STS's faults: an AWS one, or "patch": sign a fresh JWT as usual, then change the answer's
+ * elements (a string replaces one, `undefined` leaves it out). A fresh JWT per answer, as STS
+ * gives, where a "raw" answer would hand out one JWT again and again.
+ */
+export type StsFault = AwsFault | { kind: "patch"; fields: { WebIdentityToken?: string | undefined; Expiration?: string | undefined }; delayMs?: number };
 
 /**
  * Plays the next planned fault of an AWS stand-in. Returns true when the fault answered the
@@ -232,7 +237,7 @@ export type StsFault = AwsFault;
  */
 export async function playAwsFault(
   fault: AwsFault | undefined,
-  call: { fault?: AwsFault["kind"]; status: number },
+  call: { fault?: string; status: number },
   res: http.ServerResponse,
   fail: (status: number, code: string, message: string, type?: "Sender" | "Receiver") => void,
   body: string,
@@ -441,7 +446,12 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     const cutShort =
       `<GetWebIdentityTokenResponse xmlns="${XMLNS}"><GetWebIdentityTokenResult><WebIdentityToken>` +
       `eyJhbGciOiJSUzI1NiJ9.${"x".repeat(200)}</WebIdentityToken></GetWebIdentityTokenResult></GetWebIdentityTokenResponse>`;
-    if (await playAwsFault(faults.take(), call, res, fail, cutShort)) return;
+    const fault = faults.take();
+    let patch: Extract<StsFault, { kind: "patch" }> | undefined;
+    if (fault?.kind === "patch") {
+      patch = fault;
+      call.fault = "patch";
+    } else if (await playAwsFault(fault, call, res, fail, cutShort)) return;
 
     const signed = verifySigV4(
       { method: req.method ?? "", url: req.url ?? "/", rawHeaders: req.rawHeaders, body },
@@ -548,9 +558,13 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     const expiration = new Date(exp * 1000);
     issued.push({ token, alg, kid: keys.get(alg)!.kid, claims, expiration });
     Object.assign(call, { status: 200, ok: true });
+    const elements: Record<string, string | undefined> = { WebIdentityToken: token, Expiration: expiration.toISOString(), ...patch?.fields };
+    if (patch?.delayMs) await sleep(patch.delayMs);
     res.writeHead(200, { "content-type": "text/xml", ...headers }).end(
       `<GetWebIdentityTokenResponse xmlns="${XMLNS}"><GetWebIdentityTokenResult>` +
-        `<WebIdentityToken>${token}</WebIdentityToken><Expiration>${expiration.toISOString()}</Expiration>` +
+        Object.entries(elements)
+          .map(([k, v]) => (v === undefined ? "" : `<${k}>${xmlEscape(v)}</${k}>`))
+          .join("") +
         `</GetWebIdentityTokenResult><ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata>` +
         `</GetWebIdentityTokenResponse>`,
     );
