@@ -13,6 +13,9 @@ import { join } from "node:path";
 import {
   BIN,
   CACHE,
+  CLI,
+  CLI_MODULE,
+  CLI_VERSION,
   GO_PEER,
   GO_PEER_SRC,
   NODE_RIC,
@@ -77,6 +80,18 @@ function goPeer() {
   });
 }
 
+function cli() {
+  step("databricks-cli", keyOf(CLI_MODULE, CLI_VERSION), CLI, () => {
+    need("go", ["version"], "to build the Databricks CLI (install Go 1.26 or newer)");
+    // Outside any module, so the download is not recorded in a go.mod.
+    const info = JSON.parse(execFileSync("go", ["mod", "download", "-json", `${CLI_MODULE}@${CLI_VERSION}`], { cwd: CACHE, env: goEnv(), encoding: "utf8" }));
+    if (!info.Dir) throw new Error(`go mod download ${CLI_MODULE}@${CLI_VERSION}: ${info.Error ?? "no directory"}`);
+    // The release build's own flags: no symbols, and the version `databricks --version` prints.
+    const ldflags = `-s -w -X ${CLI_MODULE}/internal/build.buildVersion=${CLI_VERSION.slice(1)}`;
+    return run("go", ["build", "-trimpath", "-ldflags", ldflags, "-o", CLI, "."], { cwd: info.Dir, env: goEnv() });
+  });
+}
+
 function python() {
   const requirements = readFileSync(REQUIREMENTS, "utf8");
   step("python-venv", keyOf(requirements), PYTHON, () => {
@@ -121,7 +136,8 @@ export function installPeers() {
   rie();
   python();
   nodeRic();
-  if (existsSync(GO_PEER_SRC)) goPeer();
+  goPeer();
+  cli();
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

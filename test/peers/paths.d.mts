@@ -14,3 +14,6 @@ export declare const GO_PEER_SRC: string;
 export declare const GO_PEER: string;
 export declare const TASK_ROOT: string;
 export declare const OPT: string;
+export declare const CLI_MODULE: string;
+export declare const CLI_VERSION: string;
+export declare const CLI: string;

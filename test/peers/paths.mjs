@@ -38,6 +38,16 @@ export const GO_PEER_SRC = join(ROOT, "test", "peers", "go");
 export const GO_PEER = join(BIN, "sdk-go-peer");
 
 /**
+ * The Databricks CLI, built from its Go module. v1.13.0, the newest tag, is refused by the Go
+ * module proxy here (403), as is v1.12.0; v1.12.1 is served and builds with Go 1.26.
+ * `go install` of it fails (it asks the proxy for the module's version list, which is refused),
+ * so the installer downloads the module and builds it in place.
+ */
+export const CLI_MODULE = "github.com/databricks/cli";
+export const CLI_VERSION = "v1.12.1";
+export const CLI = join(BIN, "databricks");
+
+/**
  * Where RIE wants the function and the layer. The tests bind-mount over them inside a private
  * mount namespace, so the machine's own /opt never changes; /var/task only has to exist as a
  * mount point.

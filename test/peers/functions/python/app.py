@@ -2,10 +2,13 @@
 # under AWS's Lambda emulator. The event picks the way it asks for a token:
 #   {"use": "token"}: GET /token with the session token, then the Databricks API with it;
 #   {"use": "sdk"}:   databricks-sdk's WorkspaceClient() with no arguments, configured only by
-#                     the environment (DATABRICKS_HOST, DATABRICKS_METADATA_SERVICE_URL, ...).
+#                     the environment (DATABRICKS_HOST, DATABRICKS_METADATA_SERVICE_URL, ...);
+#   {"use": "exec", "argv": [...]}: runs a program (the Go SDK peer, the Databricks CLI) with the
+#                     function's own environment, as a function shelling out to it would.
 # It reports what happened rather than raising, so the test reads the SDK's own error text.
 import json
 import os
+import subprocess
 import time
 import urllib.request
 
@@ -25,6 +28,9 @@ def _me(token):
 
 def handler(event, context):
     started = time.perf_counter()
+    if event.get("use") == "exec":
+        done = subprocess.run(event["argv"], capture_output=True, text=True, timeout=60)
+        return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "ms": (time.perf_counter() - started) * 1000}
     try:
         if event.get("use") == "sdk":
             from databricks.sdk import WorkspaceClient
