@@ -50,7 +50,8 @@ export interface Stack {
   base: string;
   env: Record<string, string | undefined>;
   /**
-   * GET on the broker with the function's session token. Asked while the environment is frozen
+   * GET on the broker with the function's session token (AWS_SESSION_TOKEN, else SnapStart's
+   * AWS_CONTAINER_AUTHORIZATION_TOKEN). Asked while the environment is frozen
    * (between invokes), it is asked inside an invoke the stack runs for it, as only a function
    * could ask, and a function runs only inside an invoke.
    */
@@ -105,7 +106,6 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     DATABRICKS_TOKEN_BROKER_LOG_LEVEL: "debug",
     AWS_ENDPOINT_URL_STS: sts.url,
     AWS_REGION: "us-east-1",
-    AWS_SESSION_TOKEN: SESSION_TOKEN,
     ...o.env,
   };
   o.before?.({ sts, db });
@@ -167,10 +167,19 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     void copy.finally(() => reading.delete(copy));
     return res;
   };
-  const token = (path = "/token", headers: Record<string, string> = {}) => recorded(path, { "x-aws-session-token": SESSION_TOKEN, ...headers });
+  // What the function has to show: its AWS_SESSION_TOKEN, or in SnapStart (which has none) its AWS_CONTAINER_AUTHORIZATION_TOKEN.
+  const sessionToken = () => lambda?.env.AWS_SESSION_TOKEN ?? lambda?.env.AWS_CONTAINER_AUTHORIZATION_TOKEN ?? SESSION_TOKEN;
+  const token = (path = "/token", headers: Record<string, string> = {}) => recorded(path, { "x-aws-session-token": sessionToken(), ...headers });
   const get = (path: string, headers: Record<string, string> = {}) => recorded(path, headers);
   const functionInit = o.functionInit;
-  const started = await startLambda({ command: o.command ?? LAUNCHER, env, ...(functionInit ? { functionInit: () => functionInit({ token, get }) } : {}), ...o.lambda });
+  const started = await startLambda({
+    command: o.command ?? LAUNCHER,
+    env,
+    // The role's credentials, in the environment (or, for SnapStart, at its credentials endpoint).
+    credentials: ROLE_CREDENTIALS,
+    ...(functionInit ? { functionInit: () => functionInit({ token, get }) } : {}),
+    ...o.lambda,
+  });
   lambda = started;
   const leaks = async () => {
     await Promise.all(reading);

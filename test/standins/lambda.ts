@@ -19,6 +19,7 @@ import { basename } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { LAMBDA_CREDENTIALS } from "./credentials.js";
+import type { AwsCredential } from "./sigv4.js";
 
 const API_PREFIX = "/2020-01-01/extension";
 
@@ -66,6 +67,13 @@ export interface StartLambdaOptions {
    * is the init result's `functionInit`; a throw fails the init as a function init error.
    */
   functionInit?: () => unknown;
+  /**
+   * The execution role's temporary credentials (default: LAMBDA_CREDENTIALS). In the environment
+   * as AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN; for SnapStart
+   * (AWS_LAMBDA_INITIALIZATION_TYPE=snap-start) served instead at AWS_CONTAINER_CREDENTIALS_FULL_URI
+   * to whoever sends AWS_CONTAINER_AUTHORIZATION_TOKEN, as Lambda does for SnapStart functions.
+   */
+  credentials?: AwsCredential;
   accountId?: string;
   handler?: string;
   onLine?: (stream: OutputStream, line: string) => void;
@@ -163,6 +171,8 @@ export interface LambdaEmulator {
   readonly initErrors: ReportedError[];
   readonly exitErrors: ReportedError[];
   readonly registrations: Registration[];
+  /** Requests to the SnapStart credentials endpoint, and whether each carried the right token. */
+  readonly credentialRequests: { at: number; authorized: boolean }[];
   readonly timings: InitTimings;
   readonly frozen: boolean;
   readonly alive: boolean;
@@ -242,7 +252,14 @@ interface Agent {
 
 const UUID_RE = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
 
-function lambdaDefaults(runtimeApi: string): Record<string, string> {
+/**
+ * Where a SnapStart environment's SDKs get the execution role's credentials. The path is the
+ * emulator's own (Lambda's is not documented, and no client depends on it: the SDKs read the
+ * whole URL from AWS_CONTAINER_CREDENTIALS_FULL_URI).
+ */
+export const CREDENTIALS_PATH = "/2021-04-23/credentials";
+
+function lambdaDefaults(runtimeApi: string, snapStart: boolean, credentials: AwsCredential, containerToken: string): Record<string, string> {
   // Only what an external extension sees: the reference lists _HANDLER, LAMBDA_TASK_ROOT,
   // LAMBDA_RUNTIME_DIR, AWS_EXECUTION_ENV, the log group/stream and X-Ray variables as
   // runtime-only, so they are left out here; a caller may still add them through `env`.
@@ -254,23 +271,28 @@ function lambdaDefaults(runtimeApi: string): Record<string, string> {
     AWS_LAMBDA_FUNCTION_VERSION: "$LATEST",
     AWS_LAMBDA_FUNCTION_MEMORY_SIZE: "128",
     AWS_LAMBDA_INITIALIZATION_TYPE: "on-demand",
-    // The AWS documentation's example key pair: well-formed, and valid nowhere (the STS
-    // stand-in knows it, so the extension's signed calls pass there).
-    AWS_ACCESS_KEY_ID: LAMBDA_CREDENTIALS.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: LAMBDA_CREDENTIALS.secretAccessKey,
-    AWS_SESSION_TOKEN: LAMBDA_CREDENTIALS.sessionToken!,
+    // The execution role's temporary credentials. SnapStart environments get none in the
+    // environment (they would be frozen into the snapshot): the SDKs fetch them from a
+    // container credentials endpoint, with AWS_CONTAINER_AUTHORIZATION_TOKEN.
+    ...(snapStart
+      ? { AWS_CONTAINER_CREDENTIALS_FULL_URI: `http://${runtimeApi}${CREDENTIALS_PATH}`, AWS_CONTAINER_AUTHORIZATION_TOKEN: containerToken }
+      : {
+          AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+          ...(credentials.sessionToken !== undefined ? { AWS_SESSION_TOKEN: credentials.sessionToken } : {}),
+        }),
     TZ: ":UTC",
     LANG: "en_US.UTF-8",
   };
 }
 
-function buildEnv(runtimeApi: string, overrides: Record<string, string | undefined> | undefined): Record<string, string> {
+function buildEnv(runtimeApi: string, overrides: Record<string, string | undefined> | undefined, credentials: AwsCredential, containerToken: string): Record<string, string> {
   const env: Record<string, string> = {};
   // PATH lets a launcher find `node`; nothing else of the parent's environment leaks in,
   // so a test cannot pass by accident on the developer's own AWS or Databricks settings.
   if (process.env.PATH !== undefined) env.PATH = process.env.PATH;
   if (process.env.HOME !== undefined) env.HOME = process.env.HOME;
-  Object.assign(env, lambdaDefaults(runtimeApi));
+  Object.assign(env, lambdaDefaults(runtimeApi, overrides?.AWS_LAMBDA_INITIALIZATION_TYPE === "snap-start", credentials, containerToken));
   for (const [key, value] of Object.entries(overrides ?? {})) {
     if (value === undefined) delete env[key];
     else env[key] = value;
@@ -373,7 +395,10 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
   const port = (server.address() as AddressInfo).port;
   const runtimeApi = `127.0.0.1:${port}`;
 
-  const env = buildEnv(runtimeApi, options.env);
+  const credentials = options.credentials ?? LAMBDA_CREDENTIALS;
+  const containerToken = `LambdaContainerAuth-${randomBytes(24).toString("base64url")}`;
+  const env = buildEnv(runtimeApi, options.env, credentials, containerToken);
+  const credentialRequests: { at: number; authorized: boolean }[] = [];
   const managedInstances = env.AWS_LAMBDA_INITIALIZATION_TYPE === "lambda-managed-instances";
   const functionName = env.AWS_LAMBDA_FUNCTION_NAME ?? "";
   const functionVersion = env.AWS_LAMBDA_FUNCTION_VERSION ?? "";
@@ -519,10 +544,28 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
         return reportError(req, res, body, "init");
       case `POST ${API_PREFIX}/exit/error`:
         return reportError(req, res, body, "exit");
+      case `GET ${CREDENTIALS_PATH}`:
+        return serveCredentials(req, res);
       default:
         res.writeHead(404, { "Content-Type": "text/plain; charset=utf-8" });
         res.end("404 page not found\n");
     }
+  }
+
+  /** The container credentials endpoint of a SnapStart environment (the SDKs' HTTP credential provider). */
+  function serveCredentials(req: IncomingMessage, res: ServerResponse): void {
+    const authorized = req.headers.authorization === env.AWS_CONTAINER_AUTHORIZATION_TOKEN && env.AWS_CONTAINER_AUTHORIZATION_TOKEN !== undefined;
+    credentialRequests.push({ at: performance.now(), authorized });
+    if (!authorized) {
+      sendJson(res, 401, { Code: "AccessDeniedException", Message: "Authorization token is missing or invalid" });
+      return;
+    }
+    sendJson(res, 200, {
+      AccessKeyId: credentials.accessKeyId,
+      SecretAccessKey: credentials.secretAccessKey,
+      Token: credentials.sessionToken ?? "",
+      Expiration: new Date(Date.now() + 6 * 3600_000).toISOString(),
+    });
   }
 
   function register(req: IncomingMessage, res: ServerResponse, body: string): void {
@@ -913,6 +956,7 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
     initErrors,
     exitErrors,
     registrations,
+    credentialRequests,
     timings,
     get frozen() {
       return frozen;
