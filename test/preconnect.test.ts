@@ -13,6 +13,7 @@ import { createExtensionsApi } from "../src/extensions-api.js";
 import { createLogger, silentLogger } from "../src/log.js";
 import { discoveryUrlOf, preconnect, preconnectUrls } from "../src/preconnect.js";
 import { createStsClient, isSdkRequest } from "../src/sts-client.js";
+import { EXAMPLE_CREDENTIALS } from "./standins/credentials.js";
 import { startSts } from "./standins/sts.js";
 
 const closers: (() => Promise<void> | void)[] = [];
@@ -118,9 +119,10 @@ describe("the STS client's signal that its request is written", () => {
   it("fires once per call, after the SDK hands the request to the socket and before STS answers", async () => {
     const sts = await startSts({ region: "us-east-1" });
     closers.push(() => sts.close());
-    sts.setFault({ kind: "delay", ms: 200 });
+    // STS answers a second later, so "before STS answers" has room on a loaded machine.
+    sts.setFault({ kind: "delay", ms: 1_000 });
     const saved = { ...process.env };
-    Object.assign(process.env, { AWS_ENDPOINT_URL_STS: sts.url, AWS_ACCESS_KEY_ID: "AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY: "secret", AWS_SESSION_TOKEN: "session" });
+    Object.assign(process.env, { AWS_ENDPOINT_URL_STS: sts.url, AWS_ACCESS_KEY_ID: EXAMPLE_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: EXAMPLE_CREDENTIALS.secretAccessKey, AWS_SESSION_TOKEN: EXAMPLE_CREDENTIALS.sessionToken });
     closers.push(() => {
       process.env = saved;
     });
