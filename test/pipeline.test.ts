@@ -96,6 +96,28 @@ describe("pipeline against the stand-ins", () => {
     expect(db.exchanges.map((e) => e.ok)).toEqual([false, true]);
   });
 
+  it("never sends one JWT to two exchanges of its own: every refresh asks STS anew", async () => {
+    const { sts, db, cache } = await setup({ DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "0" });
+    await cache.get("default", { waitMs: 10_000 });
+    await cache.get("default", { waitMs: 10_000, minTtlSeconds: 3_600 });
+    const jtis = db.exchanges.map((e) => e.claims?.jti);
+    expect(new Set(jtis).size).toBe(jtis.length);
+    expect(sts.calls.filter((c) => c.ok)).toHaveLength(db.exchanges.length);
+  });
+
+  // KNOWN PRODUCT GAP, reported, not fixed here: src/broker.ts retries a failed exchange once at
+  // once when its connection was closed under it (retryStaleOnce), with the same JWT. When the
+  // answer was cut after Databricks did the exchange (a "drop": headers sent, body cut), that
+  // retry is a replay, refused invalid_grant, which the cache then treats as permanent: no token
+  // for the 30 s cooldown, and a hint that blames the federation policy. A fresh JWT for the
+  // retry (retrying the whole source) would pass. it.fails turns red once that is fixed.
+  it.fails("a retry after an exchange cut mid-answer gets its token (it needs a fresh JWT)", async () => {
+    const { db, cache } = await setup();
+    db.addFault({ kind: "drop", afterBytes: 20 }, 1);
+    await cache.get("default", { waitMs: 10_000 });
+    expect(db.exchanges.map((e) => e.ok)).toEqual([true, true]);
+  });
+
   it("leaves other transient failures to the backoff", async () => {
     const { sts, cache } = await setup();
     sts.addFault({ kind: "error", code: "InternalFailure", status: 500 }, 1);

@@ -154,6 +154,21 @@ describe("Databricks exchange", () => {
     await expect(hostile(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 60_000 });
   });
 
+  it("honours Retry-After given as an HTTP date (RFC 9110 §10.2.3), counted from the answer", async () => {
+    const at = (ms: number) => new Date(T0 + ms).toUTCString();
+    const { exchange } = exchangeWith(() => json(429, {}, { "retry-after": at(7_000) }));
+    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", retryAfterMs: 7_000 });
+    const { exchange: overlong } = exchangeWith(() => json(503, { error: "temporarily_unavailable" }, { "retry-after": at(86_400_000) }));
+    await expect(overlong(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 60_000 });
+    // A date already past, or no date at all, asks for no wait: the backoff alone applies.
+    for (const value of [at(-5_000), "Wed, 31 Foo 2026 99:99:99 GMT", "soon"]) {
+      const { exchange: odd } = exchangeWith(() => json(429, {}, { "retry-after": value }));
+      const err = (await odd(target, "j.w.t").catch((e: unknown) => e)) as { retryAfterMs?: number; code: string };
+      expect(err.code).toBe("ERR_EXCHANGE_UNAVAILABLE");
+      expect(err.retryAfterMs).toBeUndefined();
+    }
+  });
+
   it.each([
     ["HTML", () => new Response("<html><body>502 Bad Gateway</body></html>", { status: 200, headers: { "content-type": "text/html" } })],
     ["truncated JSON", () => new Response('{"access_token": "abc", "expires_in"', { status: 200 })],
