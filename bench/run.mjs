@@ -1,18 +1,26 @@
 // `npm run bench`: builds dist/layer (the bench spawns the extension from there, as Lambda
 // would), bundles the TypeScript bench programs with esbuild into dist/bench/, and runs the
-// orchestrator. Arguments pass through: `npm run bench -- --only=serving,startup`.
+// orchestrator. Arguments pass through: `npm run bench -- --only=serving,startup`. When the
+// peers section (6: Python under AWS's Lambda emulator) is wanted, it first runs
+// test/peers/install.mjs, as `npm test` does (a no-op when .cache/peers is current).
 //
 // The bench programs are bundled rather than run through a TypeScript loader so that no
 // loader's own start-up cost lands in a measurement. Dependencies stay external, so the
 // simulated function loads @aws-sdk/client-sts from node_modules, as a Lambda Node.js
 // function loads the runtime's own copy.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { build } from "esbuild";
 import { buildLayerTree, ROOT } from "../layer/build.mjs";
 
 const OUT = join(ROOT, "dist", "bench");
 const PROGRAMS = ["main", "load", "bare-server", "function"];
+
+const only = process.argv.slice(2).find((a) => a.startsWith("--only="));
+if (!only || only.slice("--only=".length).split(",").includes("peers")) {
+  const install = spawnSync(process.execPath, [join(ROOT, "test", "peers", "install.mjs")], { stdio: "inherit" });
+  if (install.status !== 0) process.exit(install.status ?? 1);
+}
 
 const layerDir = process.env.BENCH_LAYER_DIR ?? join(ROOT, "dist", "layer");
 await buildLayerTree(layerDir);
