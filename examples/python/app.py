@@ -17,6 +17,11 @@ from databricks.sdk import WorkspaceClient
 
 BROKER = f"http://localhost:{os.environ.get('DATABRICKS_TOKEN_BROKER_PORT', '2775')}"
 
+# Built once, at init: building a client asks the workspace for its configuration and the
+# broker for a token, so in the handler it would cost every invoke a round trip. The
+# broker starts fetching at init, so the token is usually ready when the client asks.
+w = WorkspaceClient()
+
 
 def token_from_broker() -> dict:
     # The session token proves the caller runs inside this execution environment.
@@ -34,8 +39,8 @@ def handler(event, context):
         me = json.load(res)
 
     # 2. The SDK: DATABRICKS_HOST, DATABRICKS_METADATA_SERVICE_URL and
-    #    DATABRICKS_AUTH_TYPE=metadata-service are all it needs.
-    w = WorkspaceClient()
+    #    DATABRICKS_AUTH_TYPE=metadata-service are all it needs; it asks the broker
+    #    again, from its cache, when its token nears expiry.
     sdk_me = w.current_user.me()
 
     return {"plain": me.get("userName"), "sdk": sdk_me.user_name, "tokenExpiresIn": token["expires_in"]}

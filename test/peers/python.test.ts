@@ -4,7 +4,7 @@
 // test/peers/requirements.txt.
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { PYTHON } from "./paths.mjs";
+import { PYTHON, ROOT } from "./paths.mjs";
 import { FUNCTIONS, type PeerStack, type PeerStackOptions, startPeerStack } from "./peer-stack.js";
 
 const PYTHON_FUNCTION = { task: join(FUNCTIONS, "python"), bootstrap: [PYTHON, "-m", "awslambdaric", "app.handler"] };
@@ -57,5 +57,10 @@ describe("Python function (awslambdaric) under AWS's Lambda emulator", () => {
     expect(Date.now() - started).toBeLessThan(10_000);
     const failure = s.rie.extensionLogs().find((l) => l.msg === "token refresh failed");
     expect(failure).toMatchObject({ step: "sts", code: "ERR_STS_FEDERATION_DISABLED" });
+  });
+
+  it("the example template.yaml deploys (examples/python) runs as shipped", async () => {
+    const s = await start({ task: join(ROOT, "examples", "python") });
+    expect(await s.call({})).toMatchObject({ plain: s.user, sdk: s.user });
   });
 });
