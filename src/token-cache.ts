@@ -69,7 +69,8 @@ export interface TargetHealth {
   last_refresh: string | null;
   refreshes: number;
   consecutive_failures: number;
-  last_error: { step: string; code: string; upstream_code: string | null; message: string; at: string } | null;
+  /** Step and codes only: a message would quote the role ARN, account or token endpoint (SPEC §5). */
+  last_error: { step: string; code: string; upstream_code: string | null; at: string } | null;
 }
 
 const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
@@ -374,7 +375,6 @@ export class TokenCache {
                 step: st.lastError.step,
                 code: st.lastError.code,
                 upstream_code: st.lastError.upstreamCode ?? null,
-                message: st.lastError.summary(),
                 at: new Date(st.lastErrorAt ?? now).toISOString(),
               }
             : null,

@@ -101,8 +101,9 @@ describe("/health states", () => {
     expect(h.targets.default).toMatchObject({
       state: "stale",
       consecutive_failures: 1,
-      last_error: { step: "exchange", code: "ERR_EXCHANGE_UNAVAILABLE", upstream_code: "temporarily_unavailable", message: expect.stringMatching(/^exchange temporarily_unavailable: /), at: new Date(clock.t).toISOString() },
     });
+    // Step and codes only, no message (SPEC §5): exactly these keys.
+    expect(h.targets.default!.last_error).toEqual({ step: "exchange", code: "ERR_EXCHANGE_UNAVAILABLE", upstream_code: "temporarily_unavailable", at: new Date(clock.t).toISOString() });
     expect(cache.ready("default")).toBeDefined();
 
     // unavailable: under the minimum TTL with no refresh out; the token is never served now.
@@ -131,17 +132,26 @@ describe("/health states", () => {
     expect(h.targets.default).toMatchObject({ state: "unavailable", expires_on: null, consecutive_failures: 1, last_error: { step: "sts", code: "ERR_STS_ACCESS_DENIED", upstream_code: "AccessDenied" } });
   });
 
-  // KNOWN PRODUCT GAP, reported, not fixed here (src/ is not this change's): SPEC §5 says /health
-  // names no host, ARN, account, issuer or client ID, its errors carrying step and code only; but
-  // last_error.message is the error's whole summary, which quotes the caller's ARN (STS) or the
-  // token endpoint's host (Databricks). it.fails keeps the suite green while the gap is open and
-  // turns red once it is closed, so that this line is then made a plain it().
-  it.fails("names no ARN, account or host in last_error (SPEC §5)", async () => {
+  // SPEC §5: /health names no host, ARN, account, issuer or client ID; its errors carry step and
+  // code only. An error's message quotes the caller's ARN (STS) or the token endpoint's host
+  // (Databricks), so none of it reaches /health.
+  it("names no ARN, account or host in last_error (SPEC §5)", async () => {
     const { cache, fail, health } = setup();
     cache.refreshDue();
     fail(new BrokerError("ERR_STS_ACCESS_DENIED", "STS denied GetWebIdentityToken: User: arn:aws:sts::123456789012:assumed-role/r/s is not authorized", { step: "sts", retryable: false, upstreamCode: "AccessDenied" }));
     await cache.settled();
     await tick();
     expect(JSON.stringify(await health())).not.toMatch(/arn:aws|123456789012/);
+  });
+
+  it("names no token endpoint host in last_error", async () => {
+    const { cache, clock, fail, health } = setup();
+    cache.refreshDue();
+    fail(new BrokerError("ERR_EXCHANGE_REJECTED", "Databricks https://dbc-1234.cloud.databricks.com/oidc/v1/token answered 404: no such route", { step: "exchange", retryable: false, upstreamCode: "HTTP 404" }));
+    await cache.settled();
+    await tick();
+    const h = await health();
+    expect(JSON.stringify(h)).not.toMatch(/dbc-1234|databricks\.com/);
+    expect(h.targets.default!.last_error).toEqual({ step: "exchange", code: "ERR_EXCHANGE_REJECTED", upstream_code: "HTTP 404", at: new Date(clock.t).toISOString() });
   });
 });
