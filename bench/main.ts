@@ -123,7 +123,6 @@ async function startBroker(env: Record<string, string | undefined> = {}): Promis
   const port = await freePort();
   const lambda = await startLambda({
     command: LAUNCHER,
-    extensionName: "databricks-token-broker",
     // The bench talks to the extension from outside any invoke (load runs, the first GET the
     // moment init ends), which no function in Lambda can do: nothing is frozen while it does.
     freezeWhenIdle: false,
@@ -186,7 +185,7 @@ const bareIdle = await bareLauncher(join(scratch, "idle"), `-e 'process.stdout.w
 
 /** Spawn to exit of `node -e ''` through the launcher, under the same emulator. */
 async function bareStartMs(): Promise<number> {
-  const lambda = await startLambda({ command: bareExit, extensionName: "databricks-token-broker", env: {} });
+  const lambda = await startLambda({ command: bareExit, env: {} });
   await lambda.exited;
   const at = performance.now();
   await lambda.close();
@@ -330,7 +329,7 @@ async function startup(): Promise<void> {
   const bareMs = median(bare);
   const bareRss: number[] = [];
   for (let i = 0; i < reps(5); i++) {
-    const lambda = await startLambda({ command: bareIdle, extensionName: "databricks-token-broker", env: {} });
+    const lambda = await startLambda({ command: bareIdle, env: {} });
     await lambda.waitForLine(/^up$/);
     await sleep(50);
     bareRss.push(rssKiB(lambda.pid));

@@ -5,23 +5,16 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { ROOT } from "./stack.js";
+import { PYTHON } from "./peers/paths.mjs";
 
-/**
- * The Python with boto3 1.44.8 (test/peers/requirements.txt): the peers' virtual environment
- * once test/peers/install.mjs has made it, else the one this machine was given before that
- * installer existed. BOTO3_PYTHON overrides both. (A local constant: test/peers/paths.ts, where
- * it belongs, does not exist; test/peers/paths.mjs names the same cache path as PYTHON.)
- */
-export const BOTO3_PYTHON =
-  process.env.BOTO3_PYTHON ?? [join(ROOT, ".cache", "peers", "venv", "bin", "python"), "/tmp/pyv/venv/bin/python"].find((p) => existsSync(p)) ?? join(ROOT, ".cache", "peers", "venv", "bin", "python");
+/** The peers' Python (test/peers/requirements.txt pins boto3), made by test/peers/install.mjs. */
+export const BOTO3_PYTHON = PYTHON;
 
 /** Runs `program` (Python source) with `args` as sys.argv[1:]; answers its last stdout line, parsed. */
 export function runPython<T>(program: string, args: string[] = [], env: Record<string, string> = {}): Promise<T> {
   if (!existsSync(BOTO3_PYTHON)) {
     // SPEC §9: a missing toolchain fails with a clear message, never skips.
-    return Promise.reject(new Error(`no Python with boto3 at ${BOTO3_PYTHON}: run node test/peers/install.mjs (or set BOTO3_PYTHON)`));
+    return Promise.reject(new Error(`no Python with boto3 at ${BOTO3_PYTHON}: run node test/peers/install.mjs (npm test does)`));
   }
   return new Promise((resolve, reject) => {
     execFile(

@@ -199,7 +199,8 @@ describe("the extension in a Lambda environment", () => {
   it("serves the metadata-service route to the real Databricks SDK, configured by environment alone", async () => {
     const s = await stack();
     await s.lambda.init;
-    // The "function": a separate Node.js process with only the two variables the SDK reads.
+    // The "function": a separate Node.js process with the SDK variables the README sets (the
+    // broker's own client ID included; test/peers runs the SDKs under AWS's emulator too).
     const program = `
       import { WorkspaceClient } from "@databricks/sdk-experimental";
       const me = await new WorkspaceClient({}).currentUser.me();
@@ -210,7 +211,14 @@ describe("the extension in a Lambda environment", () => {
         new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
           const child = spawn(process.execPath, ["--input-type=module", "-e", program], {
             cwd: ROOT,
-            env: { PATH: process.env.PATH, HOME: "/nonexistent", DATABRICKS_HOST: s.db.url, DATABRICKS_METADATA_SERVICE_URL: `http://localhost:${s.port}/metadata` },
+            env: {
+              PATH: process.env.PATH,
+              HOME: "/nonexistent",
+              DATABRICKS_HOST: s.db.url,
+              DATABRICKS_CLIENT_ID: s.env.DATABRICKS_CLIENT_ID,
+              DATABRICKS_METADATA_SERVICE_URL: `http://localhost:${s.port}/metadata`,
+              DATABRICKS_AUTH_TYPE: "metadata-service",
+            },
           });
           let out = "";
           let err = "";

@@ -358,8 +358,6 @@ process.exit(0);
     await real.exited;
     expect(events(real, "result")[0]).toMatchObject({ status: 200 });
     expect(real.registrations).toEqual([expect.objectContaining({ name: "ext-real.mjs", kind: "external" })]);
-    // The old option may only repeat the file name.
-    await expect(startLambda({ command: join(dir, "ext-real.mjs"), extensionName: "something-else" })).rejects.toThrow(/file name/);
   });
 
   it("runs the function's init code once the extension registered, and completes init when both are done", async () => {

@@ -20,6 +20,8 @@ import {
 
 export const TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange";
 export const JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt";
+/** The workspace's numeric ID, as /.well-known/databricks-config gives it. */
+export const WORKSPACE_ID = "1234567890123456";
 export const DEFAULT_ACCOUNT_ID = "7a5e3c1d-0b2f-4e6a-9c8d-1f2e3d4c5b6a";
 
 export interface FederationPolicy {
@@ -441,6 +443,13 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
         token_endpoint: `${prefix}/v1/token`,
         grant_types_supported: ["client_credentials", "authorization_code", "refresh_token", TOKEN_EXCHANGE_GRANT],
       });
+    }
+    // The SDKs (Python 0.162, Go 0.175, the CLI) read this before anything else to fill in the
+    // workspace's IDs and OIDC root (its fields: databricks-sdk's oauth.HostMetadata); a real
+    // workspace serves it, and without it the Python SDK's OIDC flows find no token endpoint.
+    // token_federation_default_oidc_audiences is left out: its real value is not documented.
+    if (path === "/.well-known/databricks-config" && req.method === "GET") {
+      return sendJson(res, 200, { oidc_endpoint: `${base}/oidc`, account_id: settings.accountId, workspace_id: WORKSPACE_ID, cloud: "aws" });
     }
     sendJson(res, 404, { error_code: "ENDPOINT_NOT_FOUND", message: `No API found for '${req.method} ${path}'` });
   };

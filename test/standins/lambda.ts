@@ -42,11 +42,6 @@ export interface StartLambdaOptions {
    */
   command: string;
   args?: string[];
-  /**
-   * @deprecated Lambda takes the name from the file name of `command`, and so does the emulator;
-   * kept for callers not yet updated (bench/main.ts), and refused when it names anything else.
-   */
-  extensionName?: string;
   /** Merged over the emulated Lambda environment; the caller wins, `undefined` removes a variable. */
   env?: Record<string, string | undefined>;
   cwd?: string;
@@ -345,9 +340,6 @@ function parseJsonOrText(text: string): unknown {
 export async function startLambda(options: StartLambdaOptions): Promise<LambdaEmulator> {
   // Lambda knows an external extension by its executable's file name in /opt/extensions.
   const extensionName = basename(options.command);
-  if (options.extensionName !== undefined && options.extensionName !== extensionName) {
-    throw new Error(`extensionName ${options.extensionName} is not the file name of ${options.command}: Lambda takes the name from the file name`);
-  }
   const freezeWhenIdle = options.freezeWhenIdle ?? true;
   const initTimeoutMs = options.initTimeoutMs ?? DEFAULT_INIT_TIMEOUT_MS;
   const functionTimeoutMs = options.functionTimeoutMs ?? DEFAULT_FUNCTION_TIMEOUT_MS;
