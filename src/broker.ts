@@ -4,6 +4,7 @@
  */
 import type { Config, Target } from "./config.js";
 import { explainExchangeFailure } from "./diagnosis.js";
+import { isBrokerError } from "./errors.js";
 import { createExchange, type FetchLike } from "./exchange.js";
 import { createStsSource, type StsLike } from "./sts.js";
 import { TokenCache, type TokenCacheOptions, type TokenSource } from "./token-cache.js";
@@ -24,13 +25,14 @@ export function isStaleConnection(err: unknown): boolean {
 /**
  * Runs `step` again at once, a single time, when it failed on a stale kept-alive connection:
  * after a freeze, the upstream has usually closed the idle socket and the first request on
- * it fails though nothing is wrong. Any other failure goes to the cache's backoff.
+ * it fails though nothing is wrong. Any other failure goes to the cache's backoff, as does a
+ * stale failure `also` turns down.
  */
-async function retryStaleOnce<T>(step: () => Promise<T>): Promise<T> {
+async function retryStaleOnce<T>(step: () => Promise<T>, also: (err: unknown) => boolean = () => true): Promise<T> {
   try {
     return await step();
   } catch (err) {
-    if (!isStaleConnection(err)) throw err;
+    if (!isStaleConnection(err) || !also(err)) throw err;
     return step();
   }
 }
@@ -53,14 +55,18 @@ export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
     now,
   });
   const exchange = createExchange({ fetch: deps.fetch, now, log: deps.log });
-  // A JWT is never reused across exchanges: token endpoints may treat its `jti` as single-use.
-  const source: TokenSource = async (target: Target, signal?: AbortSignal) => {
+  // A JWT is never sent twice, not even by the retry after a stale connection: an answer cut
+  // after Databricks did the exchange makes a resend a replay, refused as invalid_grant.
+  const exchangeFreshJwt = async (target: Target, signal?: AbortSignal) => {
     const { jwt, expiresAt: jwtExpiresAt } = await retryStaleOnce(() => getJwt(signal));
-    return retryStaleOnce(() => exchange(target, jwt, signal, jwtExpiresAt)).catch((err: unknown) => {
+    return exchange(target, jwt, signal, jwtExpiresAt).catch((err: unknown) => {
       // The JWT's claims turn "no policy matched" into the policy values to set.
       throw explainExchangeFailure(err, jwt, target);
     });
   };
+  // STS's own stale retry is inside; this one is for the exchange's, so STS is not retried twice over.
+  const source: TokenSource = (target: Target, signal?: AbortSignal) =>
+    retryStaleOnce(() => exchangeFreshJwt(target, signal), (err) => isBrokerError(err) && err.step === "exchange");
   return new TokenCache({
     targets: config.targets,
     source,

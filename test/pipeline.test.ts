@@ -92,8 +92,11 @@ describe("pipeline against the stand-ins", () => {
     sts.addFault({ kind: "reset" }, 1);
     db.addFault({ kind: "reset" }, 1);
     await cache.get("default", { waitMs: 10_000 });
-    expect(sts.calls.map((c) => c.ok)).toEqual([false, true]);
+    // The exchange's retry asks STS for a fresh JWT: one JWT is never sent twice.
+    expect(sts.calls.map((c) => c.ok)).toEqual([false, true, true]);
     expect(db.exchanges.map((e) => e.ok)).toEqual([false, true]);
+    // At once, not after a backoff step (at least 250 ms).
+    expect(sts.calls[2]!.time - db.exchanges[0]!.time).toBeLessThan(250);
   });
 
   it("never sends one JWT to two exchanges of its own: every refresh asks STS anew", async () => {
@@ -105,17 +108,28 @@ describe("pipeline against the stand-ins", () => {
     expect(sts.calls.filter((c) => c.ok)).toHaveLength(db.exchanges.length);
   });
 
-  // KNOWN PRODUCT GAP, reported, not fixed here: src/broker.ts retries a failed exchange once at
-  // once when its connection was closed under it (retryStaleOnce), with the same JWT. When the
-  // answer was cut after Databricks did the exchange (a "drop": headers sent, body cut), that
-  // retry is a replay, refused invalid_grant, which the cache then treats as permanent: no token
-  // for the 30 s cooldown, and a hint that blames the federation policy. A fresh JWT for the
-  // retry (retrying the whole source) would pass. it.fails turns red once that is fixed.
-  it.fails("a retry after an exchange cut mid-answer gets its token (it needs a fresh JWT)", async () => {
-    const { db, cache } = await setup();
+  // An answer cut after Databricks did the exchange (a "drop": headers sent, body cut) makes a
+  // resend of the same JWT a replay, refused invalid_grant (permanent: no token for the 30 s
+  // cooldown, a hint blaming the policy). The stale retry therefore asks STS for a fresh JWT.
+  it("a retry after an exchange cut mid-answer gets its token (it needs a fresh JWT)", async () => {
+    const { sts, db, cache } = await setup();
     db.addFault({ kind: "drop", afterBytes: 20 }, 1);
     await cache.get("default", { waitMs: 10_000 });
     expect(db.exchanges.map((e) => e.ok)).toEqual([true, true]);
+    const jtis = db.exchanges.map((e) => e.claims?.jti);
+    expect(new Set(jtis).size).toBe(2);
+    expect(sts.calls.map((c) => c.ok)).toEqual([true, true]);
+  });
+
+  it("a stale STS connection is retried once, not again by the exchange's retry", async () => {
+    const { sts, db, cache } = await setup();
+    sts.addFault({ kind: "reset" }, 2);
+    const started = Date.now();
+    await cache.get("default", { waitMs: 10_000 });
+    // Two resets: the one immediate retry, then the backoff's attempt.
+    expect(sts.calls.map((c) => c.ok)).toEqual([false, false, true]);
+    expect(db.exchanges.map((e) => e.ok)).toEqual([true]);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
   });
 
   it("leaves other transient failures to the backoff", async () => {
