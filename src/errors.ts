@@ -15,6 +15,8 @@ export type BrokerErrorCode =
   | "ERR_STS_FEDERATION_DISABLED"
   /** STS refused every duration down to the minimum: the role session is about to end. */
   | "ERR_STS_SESSION_DURATION"
+  /** STS refused the credentials that signed the request (the role session), or its signing time (the clock). */
+  | "ERR_STS_CREDENTIALS"
   /** STS rejected the request itself (bad audience, algorithm, ...). */
   | "ERR_STS_REJECTED"
   /** STS throttled, failed with 5xx, timed out or could not be reached. */

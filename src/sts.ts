@@ -104,6 +104,16 @@ function upstreamCodeOf(err: unknown): string {
 }
 
 const THROTTLING = new Set(["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestThrottled", "SlowDown"].map((c) => c.replace(/Exception$/, "")));
+/**
+ * AWS's common errors for a request whose credentials or signature are refused: the signing
+ * session (wrong secret, unknown key, another session's token, expired), not the call's parameters.
+ */
+const CREDENTIALS = new Set(["SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClient", "ExpiredToken", "IncompleteSignature", "MissingAuthenticationToken"]);
+/**
+ * A request signed more than 15 minutes off STS's clock. The SDK takes STS's time from the
+ * answer's Date header (its clock offset), so the next attempt is signed right and passes.
+ */
+const CLOCK_SKEW = /^Signature (expired|not yet current)\b/;
 const NETWORK = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "TimeoutError", "AbortError", "RequestTimeout", "RequestTimeoutException"]);
 
 /** Maps an SDK error to a BrokerError that says what failed and what to check. */
@@ -132,6 +142,20 @@ export function classifyStsError(err: unknown): BrokerError {
       ...opts,
       retryable: true,
       hint: "the execution role's session is about to expire; Lambda renews it, so this passes on its own",
+    });
+  }
+  if (code === "RequestExpired" || (code === "SignatureDoesNotMatch" && CLOCK_SKEW.test(message))) {
+    return new BrokerError("ERR_STS_CREDENTIALS", `STS refused the request's signing time: ${message}`, {
+      ...opts,
+      retryable: true,
+      hint: "this machine's clock is more than 15 minutes off STS's; the AWS SDK adopts STS's time from its answer, so the broker's retry passes. If it persists, set the clock right",
+    });
+  }
+  if (CREDENTIALS.has(code)) {
+    return new BrokerError("ERR_STS_CREDENTIALS", `STS refused the credentials that signed the request: ${message}`, {
+      ...opts,
+      retryable: false,
+      hint: "the AWS credentials are not the execution role's valid session: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (set by Lambda; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI) must be the role's own, unexpired and from one session; check that nothing in the function's configuration or code replaces them",
     });
   }
   if (THROTTLING.has(code) || status === 429) {

@@ -17,7 +17,7 @@ afterEach(async () => {
   await Promise.all(closers.splice(0).map((c) => c()));
 });
 
-async function setup(env: Record<string, string> = {}, stsOptions: Parameters<typeof startSts>[0] = {}) {
+async function setup(env: Record<string, string> = {}, stsOptions: Parameters<typeof startSts>[0] = {}, clientOptions: { systemClockOffset?: number } = {}) {
   const sts: StsStandIn = await startSts({ region: "us-east-1", ...stsOptions });
   const db: DatabricksStandIn = await startDatabricks({
     policy: { issuer: sts.issuer, audiences: ["databricks"], subject: sts.settings.roleArn, servicePrincipalId: CLIENT_ID },
@@ -36,6 +36,7 @@ async function setup(env: Record<string, string> = {}, stsOptions: Parameters<ty
     endpoint: sts.url,
     maxAttempts: 1,
     credentials: EXAMPLE_CREDENTIALS,
+    ...clientOptions,
   });
   const cache = createBroker(parsed.config, { sts: client, fetch: (u, i) => fetch(u, i), log: silentLogger });
   return { sts, db, cache };
@@ -130,6 +131,15 @@ describe("pipeline against the stand-ins", () => {
     expect(sts.calls.map((c) => c.ok)).toEqual([false, false, true]);
     expect(db.exchanges.map((e) => e.ok)).toEqual([true]);
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it("a clock 16 minutes slow: STS refuses with Signature expired, the SDK takes STS's time, the retry passes", async () => {
+    const { sts, cache } = await setup({}, {}, { systemClockOffset: -16 * 60_000 });
+    await cache.get("default", { waitMs: 10_000 });
+    expect(sts.calls.map((c) => [c.ok, c.error])).toEqual([
+      [false, "SignatureDoesNotMatch"],
+      [true, undefined],
+    ]);
   });
 
   it("leaves other transient failures to the backoff", async () => {

@@ -70,10 +70,31 @@ describe("STS source", () => {
     ["ThrottlingException", 400, "ERR_STS_UNAVAILABLE", true, "Throttling"],
     ["InternalFailure", 500, "ERR_STS_UNAVAILABLE", true, "InternalFailure"],
     ["ValidationError", 400, "ERR_STS_REJECTED", false, "ValidationError"],
+    ["SignatureDoesNotMatch", 403, "ERR_STS_CREDENTIALS", false, "SignatureDoesNotMatch"],
+    ["InvalidClientTokenId", 403, "ERR_STS_CREDENTIALS", false, "InvalidClientTokenId"],
+    ["UnrecognizedClientException", 403, "ERR_STS_CREDENTIALS", false, "UnrecognizedClient"],
+    ["ExpiredToken", 403, "ERR_STS_CREDENTIALS", false, "ExpiredToken"],
+    ["ExpiredTokenException", 400, "ERR_STS_CREDENTIALS", false, "ExpiredToken"],
   ])("classifies %s (%i) as %s", (name, status, code, retryable, upstream) => {
     const e = classifyStsError(awsError(name, status));
     expect(e).toMatchObject({ code, retryable, upstreamCode: upstream, step: "sts" });
     expect(e.hint).toBeTruthy();
+  });
+
+  it("refused credentials: the hint names the role session's variables, not the audience", () => {
+    for (const name of ["SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken"]) {
+      const { hint } = classifyStsError(awsError(name, 403));
+      expect(hint).toMatch(/AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN/);
+      expect(hint).not.toMatch(/AUDIENCE|SIGNING_ALGORITHM|DURATION/);
+    }
+  });
+
+  it.each([
+    ["Signature expired: 20261129T114400Z is now earlier than 20261129T114500Z (20261129T120000Z - 15 min.)"],
+    ["Signature not yet current: 20261129T121600Z is still later than 20261129T121500Z (20261129T120000Z + 15 min.)"],
+  ])("a clock more than 15 min off (%s) is retryable: the SDK takes STS's time from the answer", (message) => {
+    const e = classifyStsError(Object.assign(awsError("SignatureDoesNotMatch", 403), { message }));
+    expect(e).toMatchObject({ code: "ERR_STS_CREDENTIALS", retryable: true, upstreamCode: "SignatureDoesNotMatch", step: "sts", hint: expect.stringMatching(/clock/) });
   });
 
   it("classifies network failures as transient", () => {
