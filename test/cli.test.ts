@@ -525,6 +525,26 @@ describe("doctor", () => {
       const d = await w.doctor();
       expect(step(d.checks, "sts")).toMatchObject({ status: "fail", fix: expect.stringMatching(/credentials are expired or invalid/) });
     });
+
+    it.each([
+      ["SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."],
+      ["InvalidClientTokenId", "The security token included in the request is invalid."],
+      ["UnrecognizedClientException", "The security token included in the request is invalid."],
+    ])("refused credentials (%s) → ✗ sts saying so, not blaming the audience", async (code, message) => {
+      const w = await world();
+      w.sts.setFault({ kind: "error", code, status: 403, message });
+      const d = await w.doctor();
+      const sts = step(d.checks, "sts");
+      expect(sts).toMatchObject({ status: "fail", fix: expect.stringMatching(/credentials are expired or invalid/) });
+      expect(sts.fix).not.toMatch(/AUDIENCE/);
+    });
+
+    it("a clock far off (Signature expired) → ✗ sts naming the clock, not the credentials", async () => {
+      const w = await world();
+      w.sts.setFault({ kind: "error", code: "SignatureDoesNotMatch", status: 403, message: "Signature expired: 20261129T114400Z is now earlier than 20261129T114500Z (20261129T120000Z - 15 min.)" });
+      const d = await w.doctor();
+      expect(step(d.checks, "sts")).toMatchObject({ status: "fail", fix: expect.stringMatching(/clock is more than 15 minutes off/) });
+    });
   });
 
   describe("claims", () => {

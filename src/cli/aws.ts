@@ -61,7 +61,11 @@ export function describeAwsError(err: unknown, action: string): AwsProblem {
   if (code === "CredentialsProviderError" || /Could not load credentials/i.test(message)) {
     return { code: "NoCredentials", message, fix: "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)" };
   }
-  if (code === "ExpiredToken" || code === "InvalidClientTokenId" || code === "SignatureDoesNotMatch") {
+  // Before the credentials: STS says "SignatureDoesNotMatch" for a clock far off too.
+  if (code === "RequestExpired" || /^Signature (expired|not yet current)\b/.test(message)) {
+    return { code, message, fix: "this machine's clock is more than 15 minutes off AWS's: set it right (NTP)" };
+  }
+  if (code === "ExpiredToken" || code === "InvalidClientTokenId" || code === "SignatureDoesNotMatch" || code === "UnrecognizedClient") {
     return { code, message, fix: "the AWS credentials are expired or invalid: refresh them (aws sso login, or new keys)" };
   }
   if (/Region is missing/i.test(message)) return { code: "NoRegion", message, fix: "set AWS_REGION or pass --region" };

@@ -265,7 +265,8 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
     const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
     if (e.code === "ERR_STS_ACCESS_DENIED") {
       list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
-    } else if (["NoCredentials", "NoRegion", "ExpiredToken", "InvalidClientTokenId"].includes(credentials.code)) {
+    } else if (e.code === "ERR_STS_CREDENTIALS" || ["NoCredentials", "NoRegion"].includes(credentials.code)) {
+      // The CLI's own credentials and clock, not the Lambda session the broker's hint speaks of.
       list.add({ ...check, fix: credentials.fix });
     } else {
       list.add(check);
