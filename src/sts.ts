@@ -158,6 +158,15 @@ export function classifyStsError(err: unknown): BrokerError {
       hint: "the AWS credentials are not the execution role's valid session: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (set by Lambda; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI) must be the role's own, unexpired and from one session; check that nothing in the function's configuration or code replaces them",
     });
   }
+  if (code === "CredentialsProviderError") {
+    // No request was sent: the AWS SDK found no credentials (SnapStart: the container
+    // credentials endpoint failed). It may pass: Lambda's endpoint answers once the environment is up.
+    return new BrokerError("ERR_STS_CREDENTIALS", `the AWS SDK found no credentials to sign the STS request: ${message}`, {
+      ...opts,
+      retryable: true,
+      hint: "the function's environment must carry the execution role's credentials as Lambda sets them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN); check that nothing in the function's configuration removes them",
+    });
+  }
   if (THROTTLING.has(code) || status === 429) {
     return new BrokerError("ERR_STS_UNAVAILABLE", `STS throttled the request: ${message}`, { ...opts, retryable: true, hint: "too many GetWebIdentityToken calls in this account and region; the broker backs off" });
   }

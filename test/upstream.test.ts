@@ -97,6 +97,13 @@ describe("STS source", () => {
     expect(e).toMatchObject({ code: "ERR_STS_CREDENTIALS", retryable: true, upstreamCode: "SignatureDoesNotMatch", step: "sts", hint: expect.stringMatching(/clock/) });
   });
 
+  it("no credentials at all (the SDK's CredentialsProviderError, nothing sent): ERR_STS_CREDENTIALS, retried, naming the variables", () => {
+    // The shape of what @aws-sdk/credential-provider-node throws when every provider came up empty.
+    const e = classifyStsError(Object.assign(new Error("Could not load credentials from any providers"), { name: "CredentialsProviderError", tryNextLink: false }));
+    expect(e).toMatchObject({ code: "ERR_STS_CREDENTIALS", retryable: true, upstreamCode: "CredentialsProviderError", step: "sts" });
+    expect(e.hint).toMatch(/AWS_CONTAINER_CREDENTIALS_FULL_URI/);
+  });
+
   it("classifies network failures as transient", () => {
     const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" });
     expect(classifyStsError(refused)).toMatchObject({ code: "ERR_STS_UNAVAILABLE", retryable: true });
