@@ -19,7 +19,7 @@ import { type LambdaEmulator, startLambda } from "../test/standins/lambda.js";
 import { startSts, type StsStandIn } from "../test/standins/sts.js";
 import type { FunctionMessage, FunctionMode, InvokeMessage } from "./function.js";
 import type { LoadJob, LoadResult } from "./load.js";
-import { peers } from "./peers.js";
+import { peers, type PeersFigure } from "./peers.js";
 
 const BENCH_DIR = process.env.BENCH_DIR ?? fileURLToPath(new URL(".", import.meta.url));
 const LAYER_DIR = process.env.BENCH_LAYER_DIR ?? join(BENCH_DIR, "..", "layer");
@@ -73,15 +73,7 @@ function rssKiB(pid: number | undefined): number {
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? Number.NaN);
 }
 
-interface Figure {
-  section: string;
-  name: string;
-  broker: string;
-  baseline: string;
-  ratio: string;
-  goal: string;
-  met: boolean | undefined;
-}
+type Figure = PeersFigure;
 const figures: Figure[] = [];
 const notes: string[] = [];
 /** Section 6's notes: written under its own heading. */
