@@ -4,10 +4,12 @@
  */
 import { createExtensionsApi } from "../src/extensions-api.js";
 import { run } from "../src/lifecycle.js";
+import { readLogLevel } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { createDeferredStsClient } from "../src/sts.js";
 
-const log = createLogger({ level: "info" });
+// DATABRICKS_TOKEN_BROKER_LOG_LEVEL applies to every line, Node.js's warnings included (SPEC §2).
+const log = createLogger({ level: readLogLevel(process.env) });
 
 // The extension dying makes Lambda reset the whole environment, so one stray error
 // is logged, not fatal. Every known failure path is handled where it happens.

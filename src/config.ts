@@ -6,7 +6,8 @@
 import { BrokerError } from "./errors.js";
 
 export type SigningAlgorithm = "RS256" | "ES384";
-export type LogLevel = "debug" | "info" | "warn" | "error";
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 /** `AWS_LAMBDA_INITIALIZATION_TYPE`, which changes how the lifecycle behaves (SPEC §4). */
 export type InitializationType = "on-demand" | "provisioned-concurrency" | "snap-start" | "lambda-managed-instances";
 
@@ -441,9 +442,18 @@ function metadataUrlProblems(raw: string, port: number, targets: ReadonlyMap<str
  * can carry the layer switched off without any of its variables.
  * @throws BrokerError with code `ERR_CONFIG`, whose message lists every bad variable.
  */
+/**
+ * The log level alone, for the lines the process writes before (or apart from) the whole
+ * configuration: Node.js's own warnings. An invalid value is `info`; parseConfig reports it.
+ */
+export function readLogLevel(env: NodeJS.ProcessEnv): LogLevel {
+  const value = env[`${P}LOG_LEVEL`]?.trim().toLowerCase();
+  return LOG_LEVELS.find((l) => l === value) ?? DEFAULTS.logLevel;
+}
+
 export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
   const problems = new Problems();
-  const logLevel = readEnum(env, `${P}LOG_LEVEL`, ["debug", "info", "warn", "error"] as const, DEFAULTS.logLevel, problems, (s) =>
+  const logLevel = readEnum(env, `${P}LOG_LEVEL`, LOG_LEVELS, DEFAULTS.logLevel, problems, (s) =>
     s.toLowerCase(),
   );
   const enabledValue = env[`${P}ENABLED`];

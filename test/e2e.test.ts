@@ -233,6 +233,16 @@ describe("the extension in a Lambda environment", () => {
     expect(s.db.apiCalls.some((c) => c.path.endsWith("/scim/v2/Me") && c.status === 200)).toBe(true);
   });
 
+  it("DATABRICKS_TOKEN_BROKER_LOG_LEVEL=error holds back every lower line, Node.js's warnings included", async () => {
+    const s = await stack({ env: { DATABRICKS_TOKEN_BROKER_LOG_LEVEL: "error" } });
+    await s.lambda.init;
+    // Loading the AWS SDK for the token is what makes Node.js 20 warn.
+    expect((await s.lambda.invoke(async () => (await s.token()).status)).result).toBe(200);
+    await s.lambda.shutdown();
+    expect(logs(s.lambda).filter((l) => l.level !== "error")).toEqual([]);
+    expect(s.lambda.stderr.filter((l) => l.trim() !== "")).toEqual([]);
+  });
+
   it("logs JSON lines and never a token, JWT or session token", async () => {
     const s = await stack();
     await s.lambda.init;
