@@ -6,6 +6,7 @@
  * run in real time.
  */
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { logs, ROOT, type Stack, startStack, type StackOptions } from "./stack.js";
 
@@ -231,6 +232,15 @@ describe("the extension in a Lambda environment", () => {
     expect(result?.code).toBe(0);
     expect(JSON.parse(result!.out.trim().split("\n").pop()!)).toHaveProperty("id");
     expect(s.db.apiCalls.some((c) => c.path.endsWith("/scim/v2/Me") && c.status === 200)).toBe(true);
+  });
+
+  it("runs as a sandbox user with no HOME and no /etc/passwd entry (a container image not built on Lambda's base) and still gets its token", async () => {
+    // Lambda runs extensions as uid 993; an image without that user in /etc/passwd, and no
+    // HOME, leaves os.homedir() nothing to answer, and the AWS SDK reads it for its config files.
+    expect(readFileSync("/etc/passwd", "utf8")).not.toMatch(/^[^:]*:[^:]*:993:/m);
+    const s = await stack({ lambda: { uid: 993, gid: 990 } });
+    await s.lambda.init;
+    expect((await s.lambda.invoke(async () => (await s.token()).status)).result).toBe(200);
   });
 
   it("DATABRICKS_TOKEN_BROKER_LOG_LEVEL=error holds back every lower line, Node.js's warnings included", async () => {

@@ -17,12 +17,11 @@
  *   Lambda's reserved variables are set here by the test, as Lambda would set them.
  * The Managed Instances mode differs from the on-demand one: it ignores the bootstrap given
  * here (only the handler, its last word, is read) and runs the first of /var/runtime/bootstrap,
- * /var/task/bootstrap, /opt/bootstrap that exists; and it runs every process as uid 993.
+ * /var/task/bootstrap, /opt/bootstrap that exists; and it runs every process as uid 993, as
+ * Lambda does. This machine has no /etc/passwd entry for it, like a container image not built
+ * on Lambda's base images, so those tests also show the layer copes without one.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { freePort } from "../stack.js";
 import { LAMBDA_CREDENTIALS } from "../standins/credentials.js";
@@ -90,31 +89,13 @@ const lambdaEnv = (o: RieOptions): Record<string, string> => ({
   ...(o.maxConcurrency ? { AWS_LAMBDA_MAX_CONCURRENCY: String(o.maxConcurrency) } : {}),
 });
 
-/**
- * Lambda's sandbox user (`whoami` in Lambda answers sbx_user1051). RIE's Managed Instances mode
- * runs the runtime and the extensions as uid 993, gid 990, as Lambda does (its on-demand mode
- * runs them as RIE's own user). With no HOME, Node.js's os.homedir(), which the AWS SDK reads
- * while loading its configuration, looks the uid up in /etc/passwd and throws ENOENT where there
- * is no entry, and every STS call of the broker fails. This machine has none for 993: each such
- * RIE gets a copy of /etc/passwd with the entry, bound over /etc/passwd in its own namespace.
- */
-const SANDBOX_USER = "sbx_user1051:x:993:990::/home/sbx_user1051:/sbin/nologin";
-
 export async function startRie(o: RieOptions): Promise<Rie> {
   const [runtimePort, invokePort] = [await freePort(), await freePort()];
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...lambdaEnv(o), ...o.env })) if (v !== undefined) env[k] = v;
-  let scratch: string | undefined;
-  let passwd = "";
-  if (o.maxConcurrency) {
-    scratch = mkdtempSync(join(tmpdir(), "rie-etc-"));
-    passwd = join(scratch, "passwd");
-    const own = readFileSync("/etc/passwd", "utf8");
-    writeFileSync(passwd, /^[^:]*:[^:]*:993:/m.test(own) ? own : `${own.replace(/\n?$/, "\n")}${SANDBOX_USER}\n`, { mode: 0o644 });
-  }
   // The mounts are private to this namespace and vanish with it; `exec` leaves RIE itself as
   // the process SIGTERM reaches. RIE's default listen address is 0.0.0.0: both are loopback here.
-  const script = `mount --bind "$1" ${OPT} && mount --bind "$2" ${TASK_ROOT} && { [ -z "$3" ] || mount --bind "$3" /etc/passwd; } && cd ${TASK_ROOT} && shift 3 && exec "$@"`;
+  const script = `mount --bind "$1" ${OPT} && mount --bind "$2" ${TASK_ROOT} && cd ${TASK_ROOT} && shift 2 && exec "$@"`;
   const child = spawn(
     "unshare",
     [
@@ -127,7 +108,6 @@ export async function startRie(o: RieOptions): Promise<Rie> {
       "rie",
       o.layer,
       o.task,
-      passwd,
       RIE,
       "--runtime-api-address",
       `127.0.0.1:${runtimePort}`,
@@ -151,10 +131,7 @@ export async function startRie(o: RieOptions): Promise<Rie> {
   createInterface({ input: child.stdout! }).on("line", onLine);
   createInterface({ input: child.stderr! }).on("line", onLine);
   const exited = new Promise<number | null>((resolve) =>
-    child.once("exit", (code) => {
-      if (scratch) rmSync(scratch, { recursive: true, force: true });
-      resolve(code);
-    }),
+    child.once("exit", (code) => resolve(code)),
   );
 
   const invokeUrl = `http://127.0.0.1:${invokePort}/2015-03-31/functions/function/invocations`;

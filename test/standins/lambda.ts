@@ -45,6 +45,12 @@ export interface StartLambdaOptions {
   /** Merged over the emulated Lambda environment; the caller wins, `undefined` removes a variable. */
   env?: Record<string, string | undefined>;
   cwd?: string;
+  /**
+   * Run the extension as this user (and `gid`, default the same), as Lambda runs extensions as
+   * its sandbox user (uid 993, sbx_user1051) rather than root. Needs a root test process.
+   */
+  uid?: number;
+  gid?: number;
   initTimeoutMs?: number;
   /** The function's timeout: sets INVOKE `deadlineMs` and bounds `invoke()`. */
   functionTimeoutMs?: number;
@@ -285,8 +291,8 @@ function buildEnv(runtimeApi: string, overrides: Record<string, string | undefin
   const env: Record<string, string> = {};
   // PATH lets a launcher find `node`; nothing else of the parent's environment leaks in,
   // so a test cannot pass by accident on the developer's own AWS or Databricks settings.
+  // Lambda sets no HOME either (its runtime variables do not include it).
   if (process.env.PATH !== undefined) env.PATH = process.env.PATH;
-  if (process.env.HOME !== undefined) env.HOME = process.env.HOME;
   Object.assign(env, lambdaDefaults(runtimeApi, overrides?.AWS_LAMBDA_INITIALIZATION_TYPE === "snap-start", credentials, containerToken));
   for (const [key, value] of Object.entries(overrides ?? {})) {
     if (value === undefined) delete env[key];
@@ -402,6 +408,7 @@ export async function startLambda(options: StartLambdaOptions): Promise<LambdaEm
   const child = spawn(options.command, options.args ?? [], {
     cwd: options.cwd,
     env,
+    ...(options.uid !== undefined ? { uid: options.uid, gid: options.gid ?? options.uid } : {}),
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
