@@ -27,6 +27,8 @@ export interface PeerStackOptions {
   sts?: StsOptions;
   db?: Partial<DatabricksOptions>;
   rie?: Partial<RieOptions>;
+  /** The layer bound on /opt (default: the plain layer, dist/layer). */
+  layer?: string;
 }
 
 export interface PeerStack {
@@ -66,7 +68,7 @@ export async function startPeerStack(o: PeerStackOptions): Promise<PeerStack> {
     AWS_ENDPOINT_URL_STS: sts.url,
     ...o.env,
   };
-  const rie = await startRie({ layer: LAYER, task: o.task, bootstrap: o.bootstrap, env, ...o.rie });
+  const rie = await startRie({ layer: o.layer ?? LAYER, task: o.task, bootstrap: o.bootstrap, env, ...o.rie });
   const answers: string[] = [];
   return {
     sts,

