@@ -58,9 +58,7 @@ function routeOf(target: string): string | undefined {
 
 /** Sends `r`, records the answer for the secrets scan, and checks what holds for every answer. */
 async function send(r: Req): Promise<RawAnswer> {
-  // Every request here ends with Connection: close, so the server's close ends each answer, HEAD's
-  // included. rawRequest's `head` mode is not used: it takes an interim "100 Continue" (to an
-  // Expect header, sent in a chunk of its own) for the whole answer (test/raw-http.ts, reported).
+  // Every request here ends with Connection: close, so the server's close ends each answer, HEAD's included.
   const a = await rawRequest(s.port, render(r));
   s.record({ method: r.method, route: routeOf(r.path) ?? r.path, status: a.status, body: a.body });
   return a;

@@ -63,9 +63,10 @@ export function open(port: number): Promise<Socket> {
 
 /**
  * Sends `request` as is and reads one answer; a socket the server closes without answering
- * gives `noAnswer`. `HEAD` answers carry no body whatever their headers say.
+ * gives `noAnswer`. A `HEAD` answer, which has no body whatever its headers say, ends when the
+ * server closes: send it with `Connection: close`.
  */
-export async function rawRequest(port: number, request: string | Buffer, { timeoutMs = 15_000, head = false } = {}): Promise<RawAnswer> {
+export async function rawRequest(port: number, request: string | Buffer, { timeoutMs = 15_000 } = {}): Promise<RawAnswer> {
   const socket = await open(port);
   return new Promise<RawAnswer>((resolve, reject) => {
     let data = Buffer.alloc(0);
@@ -81,8 +82,6 @@ export async function rawRequest(port: number, request: string | Buffer, { timeo
     const timer = setTimeout(() => finish(undefined, new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
     socket.on("data", (chunk: Buffer) => {
       data = Buffer.concat([data, chunk]);
-      const end = data.indexOf("\r\n\r\n");
-      if (head && end >= 0) return finish(parseAnswer(data.subarray(0, end + 4), true));
       const a = parseAnswer(data, false);
       if (a) finish(a);
     });
