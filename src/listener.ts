@@ -6,6 +6,7 @@
  */
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { errorAnswer, writeErrorToSocket } from "./answers.js";
 
 /** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
 export const REQUEST_TIMEOUT_MS = 10_000;
@@ -18,9 +19,8 @@ export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => v
 
 /**
  * Answers what the HTTP parser refused before any route ran (broken framing, control
- * characters, headers over the limit, a request that never finished arriving) in the shape
- * and with the Cache-Control of every other answer; fastify's default answer has neither and
- * uses 408 and 431, which SPEC §5 does not list.
+ * characters, headers over the limit, a request that never finished arriving) in the shape of
+ * every other answer, as 400: Node's own answers are bare 400, 408 and 431 without Cache-Control.
  */
 function answerClientError(err: Error & { code?: string }, socket: Socket): void {
   if (err.code === "ECONNRESET" || socket.destroyed) return;
@@ -30,34 +30,21 @@ function answerClientError(err: Error & { code?: string }, socket: Socket): void
       : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
         ? `request not received in full within ${REQUEST_TIMEOUT_MS} ms`
         : `malformed HTTP request${err.code ? ` (${err.code})` : ""}`;
-  answerOnSocket(socket, "400 Bad Request", { error: "bad_request", message: why });
+  writeErrorToSocket(socket, errorAnswer("bad_request", why));
 }
 
 /** The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close. */
 function answerConnect(_req: http.IncomingMessage, socket: Socket): void {
-  answerOnSocket(socket, "405 Method Not Allowed", { error: "method_not_allowed", message: "CONNECT is not allowed; use GET" }, "Allow: GET\r\n");
-}
-
-/** Writes one SPEC §5 error answer straight to a socket no route owns, and closes it. */
-function answerOnSocket(socket: Socket, status: string, body: { error: string; message: string }, extra = ""): void {
-  const text = JSON.stringify(body);
-  if (socket.writable) {
-    socket.write(
-      `HTTP/1.1 ${status}\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n${extra}Content-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
-    );
-  }
-  socket.destroy();
+  writeErrorToSocket(socket, errorAnswer("method_not_allowed", "CONNECT is not allowed; use GET", { allow: "GET" }));
 }
 
 export interface Listener {
   /** Every address bound: 127.0.0.1 first, then ::1 once `listenOnIpv6` has bound it. */
   readonly addresses: AddressInfo[];
   /**
-   * Binds ::1 on 127.0.0.1's port, once however often it is called; resolves with its address,
-   * or undefined on a host without IPv6 loopback, and rejects on any other failure (the port
-   * taken on ::1). Apart from `listenOnLoopback` because, the first time a process binds an
-   * IPv6 literal, Node.js spends about 4 ms compiling its IPv6 address pattern: the extension
-   * does it while its registration is on the way (see lifecycle.ts).
+   * Binds ::1 on 127.0.0.1's port, once however often called: undefined on a host without IPv6
+   * loopback, a rejection on any other failure. Apart because a process's first IPv6 bind
+   * compiles Node.js's address pattern, which start-up can overlap with its registration.
    */
   listenOnIpv6(): Promise<AddressInfo | undefined>;
   /** Hands every request to `handler` from now on, those held so far first, in arrival order. */
