@@ -4,11 +4,11 @@
  * from the extension's bundle, so the extension never loads the IAM client.
  */
 import { redact } from "../src/log.js";
-import { createIamClient } from "../src/cli/aws.js";
+import { type AwsClients, createIamClient } from "../src/cli/aws.js";
 import { runCli } from "../src/cli/main.js";
-import { createStsClient } from "../src/sts-client.js";
+import { createStsClient, webIdentityTokenPort } from "../src/sts-client.js";
 
-const clients = new Map<string, { iam: ReturnType<typeof createIamClient>; sts: ReturnType<typeof createStsClient> }>();
+const clients = new Map<string, AwsClients & { iam: ReturnType<typeof createIamClient>; sts: ReturnType<typeof createStsClient> }>();
 
 /** Exits once stdout has drained, so output piped to another program is never cut short. */
 function exit(code: number): void {
@@ -26,7 +26,8 @@ runCli(process.argv.slice(2), {
   clients: (region) => {
     let c = clients.get(region);
     if (!c) {
-      c = { iam: createIamClient(region), sts: createStsClient(region) };
+      const sts = createStsClient(region);
+      c = { iam: createIamClient(region), sts, getWebIdentityToken: webIdentityTokenPort(sts) };
       clients.set(region, c);
     }
     return c;

@@ -6,7 +6,6 @@ import { createExtensionsApi } from "../src/extensions-api.js";
 import { run } from "../src/lifecycle.js";
 import { readLogLevel } from "../src/config.js";
 import { createLogger } from "../src/log.js";
-import { createDeferredStsClient } from "../src/sts.js";
 
 // DATABRICKS_TOKEN_BROKER_LOG_LEVEL applies to every line, Node.js's warnings included (SPEC §2).
 const log = createLogger({ level: readLogLevel(process.env) });
@@ -32,7 +31,8 @@ run({
   env: process.env,
   api: createExtensionsApi(runtimeApi),
   makeLogger: (level) => createLogger({ level }),
-  makeSts: (config, hooks) => createDeferredStsClient(config.region, hooks),
+  // Imported only here and only this way: the bundle keeps the AWS SDK in lazy/ (layer/build.mjs).
+  loadSts: async (region) => (await import("../src/sts-client.js")).createStsPort(region),
   fetch: (input, init) => fetch(input, init),
 }).then(
   (code) => process.exit(code),

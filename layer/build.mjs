@@ -32,27 +32,8 @@ const notBundled = {
 };
 
 /**
- * `import { env } from "node:process"` (the AWS SDK's user-agent code) makes Node.js build an
- * ES module of the whole `process` object, reading every property, lazy getters included:
- * about 3 ms on the first token's path, for names the `process` global already holds. This
- * module hands out those names from the global. Importing any other name from it fails the
- * build (`import-is-undefined` is an error in COMMON), so nothing is silently undefined.
- */
-const PROCESS_EXPORTS = ["env", "versions"];
-const processGlobal = {
-  name: "process-global",
-  setup(b) {
-    b.onResolve({ filter: /^(node:)?process$/ }, () => ({ path: "process", namespace: "process-global" }));
-    b.onLoad({ filter: /.*/, namespace: "process-global" }, () => ({
-      contents: `const p = globalThis.process; export default p; ${PROCESS_EXPORTS.map((n) => `export const ${n} = p.${n};`).join(" ")}`,
-      loader: "js",
-    }));
-  },
-};
-
-/**
  * The modules the extension imports only dynamically, built apart under lazy/: the entry's
- * `import("./sts-client.js")` and `import("./app.js")` become imports of lazy/<name>.mjs.
+ * `import("../src/sts-client.js")` and `import("./app.js")` become imports of lazy/<name>.mjs.
  * Modules both sides use (config, errors, log) are then in both: they hold no state, and
  * errors are recognised by shape (isBrokerError), not by class identity.
  */
@@ -60,7 +41,7 @@ const LAZY_PARTS = ["sts-client", "app"];
 const lazyParts = {
   name: "lazy-parts",
   setup(b) {
-    b.onResolve({ filter: new RegExp(`^\\./(${LAZY_PARTS.join("|")})\\.js$`) }, (a) => ({ path: `./lazy/${a.path.slice(2, -3)}.mjs`, external: true }));
+    b.onResolve({ filter: new RegExp(`^\\.\\.?/(src/)?(${LAZY_PARTS.join("|")})\\.js$`) }, (a) => ({ path: `./lazy/${a.path.replace(/^.*\//, "").slice(0, -3)}.mjs`, external: true }));
   },
 };
 
@@ -91,11 +72,10 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   await chmod(launcher, 0o755);
   const bundleDir = join(tree, EXTENSION_NAME);
   const outfile = join(bundleDir, "index.cjs");
-  // Two builds. The entry is CommonJS and one file: what start-up loads before registering.
-  // As an ES module with shared chunks it took about 8 ms longer from spawn to registering
-  // (Node's ES module loader, and five files rather than one). What is only imported
-  // dynamically (the AWS SDK, see src/sts.ts; fastify and the app, see src/lifecycle.ts) is
-  // an ES module build of its own under lazy/, code-split, loaded when first needed.
+  // Two builds. The entry is CommonJS and one file, what start-up loads before registering:
+  // Node's ES module loader and several files registered later. What is only imported
+  // dynamically (the AWS SDK, see extension/main.ts; fastify and the app, see src/lifecycle.ts)
+  // is an ES module build of its own under lazy/, code-split, loaded when first needed.
   await build({
     entryPoints: [join(ROOT, "extension", "main.ts")],
     outfile,
@@ -112,7 +92,7 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
     // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
     // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
     mainFields: ["module", "main"],
-    plugins: [notBundled, processGlobal],
+    plugins: [notBundled],
     ...COMMON,
     banner: { js: REQUIRE_SHIM },
   });

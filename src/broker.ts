@@ -6,7 +6,7 @@ import type { Config, Target } from "./config.js";
 import { explainExchangeFailure } from "./diagnosis.js";
 import { isBrokerError } from "./errors.js";
 import { createExchange, type FetchLike } from "./exchange.js";
-import { createStsSource, type StsLike } from "./sts.js";
+import { createStsSource, type GetWebIdentityToken } from "./sts.js";
 import { TokenCache, type TokenCacheOptions, type TokenSource } from "./token-cache.js";
 
 /** Errors of a kept-alive connection the peer closed while this process was frozen. */
@@ -39,7 +39,8 @@ async function retryStaleOnce<T>(step: () => Promise<T>, also: (err: unknown) =>
 
 /** The pipeline's side effects; the clock, jitter and sleep go on to the cache as given. */
 export interface BrokerDeps extends Pick<TokenCacheOptions, "log" | "now" | "random" | "sleep"> {
-  sts: StsLike;
+  /** The STS port (sts.ts). */
+  getWebIdentityToken: GetWebIdentityToken;
   fetch: FetchLike;
 }
 
@@ -47,7 +48,7 @@ export interface BrokerDeps extends Pick<TokenCacheOptions, "log" | "now" | "ran
 export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
   const now = deps.now ?? Date.now;
   const getJwt = createStsSource({
-    client: deps.sts,
+    getWebIdentityToken: deps.getWebIdentityToken,
     audience: config.audience,
     signingAlgorithm: config.signingAlgorithm,
     durationSeconds: config.stsDurationSeconds,

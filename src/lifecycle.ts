@@ -7,14 +7,14 @@
 import type { FastifyInstance } from "fastify";
 import type { AppOptions } from "./app.js";
 import { createBroker } from "./broker.js";
-import { type Config, type LogLevel, isUnrecognisedSwitch, parseConfig } from "./config.js";
+import { type LogLevel, isUnrecognisedSwitch, parseConfig } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { FetchLike } from "./exchange.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
 import type { Logger } from "./log.js";
 import { preconnect, preconnectUrls } from "./preconnect.js";
-import { preloadSdk, type StsHooks, type StsLike } from "./sts.js";
+import { deferStsPort, type GetWebIdentityToken } from "./sts.js";
 
 /** The extension's name: the file name of its executable under /opt/extensions (SPEC §1). */
 export const EXTENSION_NAME = "databricks-token-broker";
@@ -41,13 +41,14 @@ export interface RunOptions {
   env: NodeJS.ProcessEnv;
   api: ExtensionsApi;
   makeLogger: (level: LogLevel) => Logger;
-  makeSts: (config: Config, hooks: StsHooks) => StsLike;
+  /** Loads the STS port for a region; called at the first JWT, or before a SnapStart snapshot. */
+  loadSts: (region: string) => Promise<GetWebIdentityToken>;
   fetch: FetchLike;
   now?: () => number;
 }
 
 /** Runs until SHUTDOWN; resolves with the process exit code. */
-export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now }: RunOptions): Promise<number> {
+export async function run({ env, api, makeLogger, loadSts, fetch, now = Date.now }: RunOptions): Promise<number> {
   const managed = env.AWS_LAMBDA_INITIALIZATION_TYPE === "lambda-managed-instances";
   // Managed Instances refuse an INVOKE registration from an external extension (SPEC §4).
   const events: EventType[] = managed ? ["SHUTDOWN"] : ["INVOKE", "SHUTDOWN"];
@@ -82,18 +83,9 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
   // The app is loaded once the first token's path leaves the CPU free (see `serve`).
   let loadApp!: () => void;
   const appWanted = new Promise<void>((r) => (loadApp = r));
-  // While the first STS call is on the wire, fetch and the connections to the token endpoints
-  // get ready for the exchange that follows it (see preconnect.ts).
-  let preconnecting = false;
-  const sts = makeSts(config, {
-    onSent() {
-      if (preconnecting) return;
-      preconnecting = true;
-      setImmediate(() => void preconnect(fetch, preconnectUrls(config.targets.values()), log));
-    },
-  });
+  const sts = deferStsPort(() => loadSts(config.region));
   const cache = createBroker(config, {
-    sts,
+    getWebIdentityToken: sts.getWebIdentityToken,
     fetch(input, init) {
       const answer = fetch(input, init);
       // The exchange is on the wire: the app loads while Databricks answers.
@@ -133,8 +125,8 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     ipv6 = listener.listenOnIpv6();
     // Awaited below; until then a failure must not count as unhandled.
     ipv6.catch(() => {});
-    // Nothing is fetched before the snapshot, but the SDK can be in it (see preloadSdk).
-    if (snapStart) preloadSdk().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
+    // Nothing is fetched before the snapshot, but the SDK can be in it, loaded.
+    if (snapStart) sts.load().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
   };
   await api.register(EXTENSION_NAME, events, afterRegisterSent);
   afterRegisterSent();
@@ -170,6 +162,8 @@ export async function run({ env, api, makeLogger, makeSts, fetch, now = Date.now
     if (prefetching) return;
     prefetching = true;
     cache.refreshDue();
+    // While STS signs the first JWT, the connections to the token endpoints open (preconnect.ts).
+    void preconnect(fetch, preconnectUrls(config.targets.values()), log);
     // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
     void cache.settled().then(loadApp);
   };

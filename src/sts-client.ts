@@ -1,15 +1,21 @@
 /**
- * The real STS client, apart from the STS source (`sts.ts`) so that the extension's bundle can
- * load the AWS SDK only when the first JWT is asked for. The CLI builds it directly.
+ * The STS port's adapter (`GetWebIdentityToken`, see sts.ts): the one module that imports the
+ * AWS SDK's STS client. The extension loads it at the first JWT (extension/main.ts); the CLI
+ * builds it directly.
  */
-import { subscribe, unsubscribe } from "node:diagnostics_channel";
-import type { ClientRequest } from "node:http";
 import { pipeline, Readable, Transform } from "node:stream";
-import { STSClient } from "@aws-sdk/client-sts";
-import { type StsHooks, stsClientConfig } from "./sts.js";
+import { GetWebIdentityTokenCommand, STSClient } from "@aws-sdk/client-sts";
+import { BrokerError } from "./errors.js";
+import type { GetWebIdentityToken } from "./sts.js";
+import { classifyStsError } from "./sts-errors.js";
 
-// The command comes from here too, so the first call loads the SDK with one import (sts.ts).
-export { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
+/**
+ * How long one STS call may take before it counts as a transient failure. STS answers in
+ * tens of milliseconds; 5 s leaves room for a cold TLS handshake and a slow region.
+ */
+export const STS_TIMEOUT_MS = 5_000;
+/** Connection set-up budget inside the timeout above. */
+const STS_CONNECT_TIMEOUT_MS = 2_000;
 
 /**
  * An STS answer is a couple of KiB. Past this it is no STS answer (a proxy, a wrong
@@ -17,6 +23,18 @@ export { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
  * request in the meantime; the SDK itself sets no limit.
  */
 export const MAX_STS_BODY_BYTES = 64 * 1024;
+
+/**
+ * The STS client's settings: regional endpoint (GetWebIdentityToken has no global one;
+ * `AWS_ENDPOINT_URL_STS` still overrides it), and one attempt per call because the token
+ * cache owns retries and their backoff — two retry loops would multiply upstream calls.
+ */
+export function stsClientConfig(region: string) {
+  // Without throwOnRequestTimeout the SDK's handler only logs a warning when requestTimeout
+  // passes and keeps waiting: an STS that never answers would hold the one refresh per
+  // target forever, and the token would expire behind it.
+  return { region, maxAttempts: 1, requestHandler: { connectionTimeout: STS_CONNECT_TIMEOUT_MS, requestTimeout: STS_TIMEOUT_MS, throwOnRequestTimeout: true } };
+}
 
 /** The shape of an SDK deserialize-step handler, as far as this module uses it. */
 type Handler = (args: object) => Promise<{ response: unknown }>;
@@ -47,63 +65,34 @@ const limitBody = (next: Handler): Handler => async (args) => {
   return out;
 };
 
-/**
- * Node.js publishes every node:http client request here as it starts (node:diagnostics_channel,
- * "HTTP" built-in channels). Where a Node.js line does not, nothing is published, `onSent` is
- * not called, and only the head start of `onSent`'s work is lost.
- */
-const REQUEST_START = "http.client.request.start";
-
-/** The parts of the SDK's request that name it on the wire. */
-interface WireRequest {
-  method?: string;
-  hostname?: string;
-  path?: string;
-  headers?: Record<string, string | undefined>;
-}
-
-/** True when `req`, a node:http request starting now, is the one the SDK sends for `wanted`. */
-export function isSdkRequest(req: ClientRequest, wanted: WireRequest | undefined): boolean {
-  if (!wanted || req.method !== wanted.method || req.host !== wanted.hostname || !req.path.startsWith(wanted.path ?? "/")) return false;
-  // The Host header carries the port: another server on the same host is not STS.
-  const host = wanted.headers?.host;
-  return host === undefined || req.getHeader("host") === host;
-}
-
-/**
- * Calls `onSent` once this call's request is written to the socket (its ClientRequest's
- * `finish`): the SDK's work for it is done and only the network is left. The SDK does not
- * hand out its ClientRequest, so it is picked from Node.js's diagnostics channel by method,
- * host and path while the call runs; were none to match, `onSent` is simply not called.
- */
-const announceSent =
-  (onSent: () => void) =>
-  (next: Handler): Handler =>
-  (args) => {
-    const wanted = (args as { request?: WireRequest }).request;
-    const onStart = (message: unknown) => {
-      const req = (message as { request?: ClientRequest }).request;
-      if (!req || !isSdkRequest(req, wanted)) return;
-      unsubscribe(REQUEST_START, onStart);
-      req.once("finish", onSent);
-    };
-    const stop = () => unsubscribe(REQUEST_START, onStart);
-    subscribe(REQUEST_START, onStart);
-    let out: ReturnType<Handler>;
-    try {
-      out = next(args);
-    } catch (err) {
-      stop();
-      throw err;
-    }
-    out.then(stop, stop);
-    return out;
-  };
-
 /** An STS client with the broker's settings (`stsClientConfig`) for `region`. */
-export function createStsClient(region: string, hooks: StsHooks = {}): STSClient {
+export function createStsClient(region: string): STSClient {
   const client = new STSClient(stsClientConfig(region));
   client.middlewareStack.add(limitBody as never, { step: "deserialize", priority: "low", name: "brokerStsBodyLimit" });
-  if (hooks.onSent) client.middlewareStack.add(announceSent(hooks.onSent) as never, { step: "deserialize", priority: "low", name: "brokerStsSent" });
   return client;
+}
+
+/** The STS port over `client`: one call, its failure classified, its answer checked. */
+export function webIdentityTokenPort(client: Pick<STSClient, "send">): GetWebIdentityToken {
+  return async ({ audience, signingAlgorithm, durationSeconds }, signal) => {
+    const command = new GetWebIdentityTokenCommand({ Audience: [audience], SigningAlgorithm: signingAlgorithm, DurationSeconds: durationSeconds });
+    const answer = await client.send(command, signal ? { abortSignal: signal } : undefined).catch((err: unknown) => {
+      throw classifyStsError(err);
+    });
+    const jwt = answer.WebIdentityToken;
+    const expiresAt = answer.Expiration?.getTime();
+    if (typeof jwt !== "string" || jwt.split(".").length !== 3 || expiresAt === undefined || !Number.isFinite(expiresAt)) {
+      throw new BrokerError("ERR_STS_INVALID_RESPONSE", "STS answered without a WebIdentityToken and Expiration", {
+        step: "sts",
+        retryable: true,
+        hint: "an STS or proxy fault; check AWS_ENDPOINT_URL_STS if it is set",
+      });
+    }
+    return { jwt, expiresAt };
+  };
+}
+
+/** The extension's STS port: a client with the broker's settings for `region`. */
+export function createStsPort(region: string): GetWebIdentityToken {
+  return webIdentityTokenPort(createStsClient(region));
 }

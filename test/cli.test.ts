@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { EnableOutboundWebIdentityFederationCommand, GetOutboundWebIdentityFederationInfoCommand, IAMClient } from "@aws-sdk/client-iam";
 import { STSClient } from "@aws-sdk/client-sts";
+import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Check } from "../src/diagnosis.js";
 import { runCli } from "../src/cli/main.js";
@@ -62,10 +63,10 @@ async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: 
     ...o.db,
   });
   closers.push(() => sts.close(), () => iam.close(), () => db.close());
-  const clients = (region: string) => ({
-    iam: new IAMClient({ region, endpoint: iam.url, credentials: CREDENTIALS, maxAttempts: 1 }),
-    sts: new STSClient({ region, endpoint: sts.url, credentials: CREDENTIALS, maxAttempts: 1 }),
-  });
+  const clients = (region: string) => {
+    const stsClient = new STSClient({ region, endpoint: sts.url, credentials: CREDENTIALS, maxAttempts: 1 });
+    return { iam: new IAMClient({ region, endpoint: iam.url, credentials: CREDENTIALS, maxAttempts: 1 }), sts: stsClient, getWebIdentityToken: webIdentityTokenPort(stsClient) };
+  };
   const baseEnv: Record<string, string | undefined> = {
     DATABRICKS_TOKEN_BROKER_ENABLED: "true",
     DATABRICKS_HOST: db.url,

@@ -4,6 +4,7 @@
  * once per failure code and the 503 that carries its summary.
  */
 import { STSClient } from "@aws-sdk/client-sts";
+import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildApp } from "../src/app.js";
 import { createBroker } from "../src/broker.js";
@@ -144,7 +145,7 @@ describe("inside the extension", () => {
     // The stand-ins keep real time; the broker's clock jumps past its 30 s cooldown between tries.
     const clock = { offset: 0 };
     const now = () => Date.now() + clock.offset;
-    const cache = createBroker(parsed.config, { sts: client, fetch: (u, i) => fetch(u, i), log, now });
+    const cache = createBroker(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log, now });
     return { sts, db, cache, config: parsed.config, lines, raw, clock, now, log };
   }
 

@@ -4,13 +4,13 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Target } from "../src/config.js";
 import { createExchange, MAX_LIFETIME_SECONDS } from "../src/exchange.js";
 import { silentLogger } from "../src/log.js";
-import { classifyStsError, createStsSource, type StsLike } from "../src/sts.js";
-import { createStsClient, MAX_STS_BODY_BYTES } from "../src/sts-client.js";
+import { createStsSource } from "../src/sts.js";
+import { createStsClient, MAX_STS_BODY_BYTES, webIdentityTokenPort } from "../src/sts-client.js";
+import { classifyStsError } from "../src/sts-errors.js";
 
 const T0 = Date.UTC(2026, 10, 29, 12);
 const target: Target = {
@@ -47,7 +47,7 @@ describe("Databricks exchange", () => {
 describe("STS source", () => {
   const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
   const source = (expiration: Date) =>
-    createStsSource({ client: { send: async () => ({ WebIdentityToken: jwt, Expiration: expiration }) } as StsLike, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger, now: () => T0 });
+    createStsSource({ getWebIdentityToken: async () => ({ jwt, expiresAt: expiration.getTime() }), audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger, now: () => T0 });
 
   it.each([
     ["in the past", new Date(T0 - 1_000)],
@@ -95,8 +95,7 @@ describe("STS client", () => {
     const restore = withEnv({ AWS_ENDPOINT_URL_STS: await stsAnswering(body, declared), AWS_ACCESS_KEY_ID: "AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY: "secret", AWS_SESSION_TOKEN: "session" });
     const client = createStsClient("us-east-1");
     try {
-      const err = await client.send(new GetWebIdentityTokenCommand({ Audience: ["databricks"], SigningAlgorithm: "RS256", DurationSeconds: 300 })).catch((e: unknown) => e);
-      expect(classifyStsError(err)).toMatchObject({ code: "ERR_STS_INVALID_RESPONSE", upstreamCode: "ResponseTooLarge", retryable: true });
+      await expect(webIdentityTokenPort(client)({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 })).rejects.toMatchObject({ code: "ERR_STS_INVALID_RESPONSE", upstreamCode: "ResponseTooLarge", retryable: true });
     } finally {
       client.destroy();
       restore();

@@ -5,6 +5,7 @@
  * can come that early. The real STS client and fetch talk to the stand-ins.
  */
 import { STSClient } from "@aws-sdk/client-sts";
+import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { ExtensionsApi, LambdaEvent } from "../src/extensions-api.js";
 import { run } from "../src/lifecycle.js";
@@ -81,7 +82,7 @@ async function start(duringRegistration: (base: string) => Promise<void>, o: { e
     },
     api,
     makeLogger: () => o.log ?? silentLogger,
-    makeSts: () => client,
+    loadSts: async () => webIdentityTokenPort(client),
     fetch: (input, init) => fetch(input, init),
   });
   const shutdown = async () => {

@@ -3,6 +3,7 @@
  * real fetch to the Databricks stand-in, which verifies each JWT through discovery + JWKS.
  */
 import { STSClient } from "@aws-sdk/client-sts";
+import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { createBroker } from "../src/broker.js";
 import { parseConfig } from "../src/config.js";
@@ -38,7 +39,7 @@ async function setup(env: Record<string, string> = {}, stsOptions: Parameters<ty
     credentials: EXAMPLE_CREDENTIALS,
     ...clientOptions,
   });
-  const cache = createBroker(parsed.config, { sts: client, fetch: (u, i) => fetch(u, i), log: silentLogger });
+  const cache = createBroker(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log: silentLogger });
   return { sts, db, cache };
 }
 

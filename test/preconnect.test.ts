@@ -1,20 +1,15 @@
 /**
  * The work done while the first STS call is on the wire: the warm-up request that opens the
- * connection to each token endpoint (src/preconnect.ts), and the signal that the STS request
- * has been written (src/sts-client.ts), which starts it. Also the Extensions API client's
- * signal that the registration request is out (src/extensions-api.ts).
+ * connection to each token endpoint (src/preconnect.ts), started with the prefetch. Also the
+ * Extensions API client's signal that the registration request is out (src/extensions-api.ts).
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Target } from "../src/config.js";
 import { createExtensionsApi } from "../src/extensions-api.js";
 import { createLogger, silentLogger } from "../src/log.js";
 import { discoveryUrlOf, preconnect, preconnectUrls } from "../src/preconnect.js";
-import { createStsClient, isSdkRequest } from "../src/sts-client.js";
-import { EXAMPLE_CREDENTIALS } from "./standins/credentials.js";
-import { startSts } from "./standins/sts.js";
 
 const closers: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -112,46 +107,6 @@ describe("preconnect", () => {
     expect(records.find((r) => r.url.startsWith(`http://127.0.0.1:${port}`))?.msg).toMatch(/could not open/);
     expect(records.find((r) => r.url.startsWith(failing.url))).toMatchObject({ status: 503 });
     expect(records.find((r) => r.url.startsWith(endless.url))).toMatchObject({ status: 200 });
-  });
-});
-
-describe("the STS client's signal that its request is written", () => {
-  it("fires once per call, after the SDK hands the request to the socket and before STS answers", async () => {
-    const sts = await startSts({ region: "us-east-1" });
-    closers.push(() => sts.close());
-    // STS answers a second later, so "before STS answers" has room on a loaded machine.
-    sts.setFault({ kind: "delay", ms: 1_000 });
-    const saved = { ...process.env };
-    Object.assign(process.env, { AWS_ENDPOINT_URL_STS: sts.url, AWS_ACCESS_KEY_ID: EXAMPLE_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: EXAMPLE_CREDENTIALS.secretAccessKey, AWS_SESSION_TOKEN: EXAMPLE_CREDENTIALS.sessionToken });
-    closers.push(() => {
-      process.env = saved;
-    });
-    const sent: number[] = [];
-    const client = createStsClient("us-east-1", { onSent: () => sent.push(performance.now()) });
-    closers.push(() => client.destroy());
-    const command = () => new GetWebIdentityTokenCommand({ Audience: ["databricks"], SigningAlgorithm: "RS256", DurationSeconds: 300 });
-    const answered = await client.send(command()).then(() => performance.now());
-    expect(sts.calls).toHaveLength(1);
-    expect(sent).toHaveLength(1);
-    expect(sent[0]!).toBeLessThan(answered - 150);
-    await client.send(command());
-    expect(sent).toHaveLength(2);
-  });
-
-  it("tells the SDK's request from another one started meanwhile: same host, another port, method or path", () => {
-    const wanted = { method: "POST", hostname: "127.0.0.1", path: "/", headers: { host: "127.0.0.1:1111" } };
-    const started = (port: number, method: string, path: string) => {
-      const req = http.request({ host: "127.0.0.1", port, method, path, headers: { host: `127.0.0.1:${port}` } });
-      // Never sent: only its description is looked at.
-      req.on("error", () => {});
-      req.destroy();
-      return req;
-    };
-    expect(isSdkRequest(started(1111, "POST", "/"), wanted)).toBe(true);
-    expect(isSdkRequest(started(2222, "POST", "/"), wanted)).toBe(false);
-    expect(isSdkRequest(started(1111, "GET", "/"), wanted)).toBe(false);
-    expect(isSdkRequest(started(1111, "POST", "/other"), { ...wanted, path: "/sts" })).toBe(false);
-    expect(isSdkRequest(started(1111, "POST", "/"), undefined)).toBe(false);
   });
 });
 

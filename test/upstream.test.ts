@@ -1,66 +1,89 @@
-import type { GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
+import type { STSClient } from "@aws-sdk/client-sts";
 import { describe, expect, it } from "vitest";
 import type { Target } from "../src/config.js";
 import { createExchange, MAX_BODY_BYTES, MAX_LIFETIME_SECONDS } from "../src/exchange.js";
 import { silentLogger } from "../src/log.js";
-import { classifyStsError, createStsSource, type StsLike } from "../src/sts.js";
+import { createStsSource, type GetWebIdentityToken } from "../src/sts.js";
+import { webIdentityTokenPort } from "../src/sts-client.js";
+import { classifyStsError } from "../src/sts-errors.js";
 
 /** An error shaped as the AWS SDK throws it for an awsQuery error answer. */
 function awsError(name: string, status: number) {
   return Object.assign(new Error(`${name} message`), { name, $metadata: { httpStatusCode: status }, $fault: status >= 500 ? "server" : "client" });
 }
 
+/** The port's adapter over a fake `STSClient.send`, which answers `answer(input)`. */
+function portOver(answer: (input: { Audience?: string[]; SigningAlgorithm?: string; DurationSeconds?: number }) => Promise<object>): GetWebIdentityToken {
+  return webIdentityTokenPort({ send: ((cmd: { input: object }) => answer(cmd.input)) as unknown as STSClient["send"] });
+}
+
+describe("STS port (the adapter over the SDK's client)", () => {
+  const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+
+  it("asks with the given audience, algorithm and duration, and answers the JWT and its expiry", async () => {
+    const inputs: unknown[] = [];
+    const expiration = new Date(Date.now() + 300_000);
+    const port = portOver(async (input) => {
+      inputs.push(input);
+      return { WebIdentityToken: jwt, Expiration: expiration };
+    });
+    await expect(port({ audience: "databricks", signingAlgorithm: "ES384", durationSeconds: 300 })).resolves.toEqual({ jwt, expiresAt: expiration.getTime() });
+    expect(inputs).toEqual([{ Audience: ["databricks"], SigningAlgorithm: "ES384", DurationSeconds: 300 }]);
+  });
+
+  it("refuses an answer without a token", async () => {
+    const port = portOver(async () => ({ Expiration: new Date() }));
+    await expect(port({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 })).rejects.toMatchObject({ code: "ERR_STS_INVALID_RESPONSE" });
+  });
+
+  it("rejects with the SDK's error classified", async () => {
+    const port = portOver(async () => {
+      throw awsError("AccessDenied", 403);
+    });
+    await expect(port({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 })).rejects.toMatchObject({ code: "ERR_STS_ACCESS_DENIED", step: "sts" });
+  });
+});
+
 describe("STS source", () => {
   const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
 
-  it("asks with the configured audience, algorithm and duration", async () => {
-    const inputs: unknown[] = [];
-    const client: StsLike = {
-      send: async (cmd: GetWebIdentityTokenCommand) => {
-        inputs.push(cmd.input);
-        return { WebIdentityToken: jwt, Expiration: new Date(Date.now() + 300_000) };
-      },
+  it("asks the port with the configured audience, algorithm and duration", async () => {
+    const asked: unknown[] = [];
+    const port: GetWebIdentityToken = async (params) => {
+      asked.push(params);
+      return { jwt, expiresAt: Date.now() + 300_000 };
     };
-    const got = await createStsSource({ client, audience: "databricks", signingAlgorithm: "ES384", durationSeconds: 300, log: silentLogger })();
+    const got = await createStsSource({ getWebIdentityToken: port, audience: "databricks", signingAlgorithm: "ES384", durationSeconds: 300, log: silentLogger })();
     expect(got.jwt).toBe(jwt);
-    expect(inputs).toEqual([{ Audience: ["databricks"], SigningAlgorithm: "ES384", DurationSeconds: 300 }]);
+    expect(asked).toEqual([{ audience: "databricks", signingAlgorithm: "ES384", durationSeconds: 300 }]);
   });
 
   it("answers SessionDurationEscalation by asking for less, down to 60 s", async () => {
     const durations: number[] = [];
     const sessionLeft = 70;
-    const client: StsLike = {
-      send: async (cmd: GetWebIdentityTokenCommand) => {
-        const d = cmd.input.DurationSeconds ?? 300;
-        durations.push(d);
-        if (d > sessionLeft) throw awsError("SessionDurationEscalationException", 403);
-        return { WebIdentityToken: jwt, Expiration: new Date(Date.now() + d * 1000) };
-      },
-    };
-    const got = await createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger })();
+    const port = portOver(async (input) => {
+      const d = input.DurationSeconds ?? 300;
+      durations.push(d);
+      if (d > sessionLeft) throw awsError("SessionDurationEscalationException", 403);
+      return { WebIdentityToken: jwt, Expiration: new Date(Date.now() + d * 1000) };
+    });
+    const got = await createStsSource({ getWebIdentityToken: port, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger })();
     expect(durations).toEqual([300, 150, 75, 60]);
     expect(got.durationSeconds).toBe(60);
   });
 
   it("gives up after 60 s is refused too, as a retryable error", async () => {
-    const client: StsLike = {
-      send: async () => {
-        throw awsError("SessionDurationEscalation", 403);
-      },
+    const port: GetWebIdentityToken = async () => {
+      throw awsError("SessionDurationEscalation", 403);
     };
-    await expect(createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 60, log: silentLogger })()).rejects.toMatchObject({
+    await expect(createStsSource({ getWebIdentityToken: port, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 60, log: silentLogger })()).rejects.toMatchObject({
       code: "ERR_STS_SESSION_DURATION",
       retryable: true,
     });
   });
+});
 
-  it("refuses an answer without a token", async () => {
-    const client: StsLike = { send: async () => ({ Expiration: new Date() }) };
-    await expect(createStsSource({ client, audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300, log: silentLogger })()).rejects.toMatchObject({
-      code: "ERR_STS_INVALID_RESPONSE",
-    });
-  });
-
+describe("STS errors", () => {
   it.each([
     ["AccessDenied", 403, "ERR_STS_ACCESS_DENIED", false, "AccessDenied"],
     ["AccessDeniedException", 403, "ERR_STS_ACCESS_DENIED", false, "AccessDenied"],

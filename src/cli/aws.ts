@@ -7,8 +7,8 @@ import {
   GetOutboundWebIdentityFederationInfoCommand,
   IAMClient,
 } from "@aws-sdk/client-iam";
-import { GetCallerIdentityCommand, type GetWebIdentityTokenCommand } from "@aws-sdk/client-sts";
-import type { StsLike } from "../sts.js";
+import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
+import type { GetWebIdentityToken } from "../sts.js";
 
 /** The part of `IAMClient` the CLI uses. */
 export interface IamLike {
@@ -16,15 +16,16 @@ export interface IamLike {
   send(command: EnableOutboundWebIdentityFederationCommand): Promise<{ IssuerIdentifier?: string | undefined }>;
 }
 
-/** The part of `STSClient` the CLI uses: the broker's call, and who the caller is. */
-export interface StsCliLike extends StsLike {
-  send(command: GetWebIdentityTokenCommand, options?: { abortSignal?: AbortSignal }): ReturnType<StsLike["send"]>;
+/** The part of `STSClient` the CLI uses itself: who the caller is. */
+export interface StsCliLike {
   send(command: GetCallerIdentityCommand): Promise<{ Arn?: string | undefined; Account?: string | undefined }>;
 }
 
 export interface AwsClients {
   iam: IamLike;
   sts: StsCliLike;
+  /** The broker's STS port (sts.ts), for `doctor`. */
+  getWebIdentityToken: GetWebIdentityToken;
 }
 
 /** IAM answers in well under a second; a CLI user waits this long at most per call. */

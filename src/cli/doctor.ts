@@ -9,7 +9,7 @@ import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type
 import { BrokerError, isBrokerError } from "../errors.js";
 import { createExchange, type AccessToken, type FetchLike } from "../exchange.js";
 import { fingerprint, redact, silentLogger } from "../log.js";
-import { classifyStsError, createStsSource, type StsJwt } from "../sts.js";
+import { createStsSource, type StsJwt } from "../sts.js";
 import type { DoctorArgs } from "./args.js";
 import { type AwsClients, callerArn, describeAwsError, getFederationState, roleFromCaller } from "./aws.js";
 import { executionRolePolicy, roleNameOf } from "./policies.js";
@@ -249,7 +249,7 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
   }
 
   const getJwt = createStsSource({
-    client: clients.sts,
+    getWebIdentityToken: clients.getWebIdentityToken,
     audience: config.audience,
     signingAlgorithm: config.signingAlgorithm,
     durationSeconds: config.stsDurationSeconds,
@@ -260,7 +260,8 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
   try {
     first = await getJwt();
   } catch (err) {
-    const e = isBrokerError(err) ? err : classifyStsError(err);
+    // The source rejects with BrokerErrors only.
+    const e = err as BrokerError;
     const check = failedCheck(e);
     const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
     if (e.code === "ERR_STS_ACCESS_DENIED") {
@@ -293,7 +294,7 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
       // A JWT is used once: token endpoints may treat its jti as single-use.
       subject = next ?? (await getJwt());
     } catch (err) {
-      list.add(failedCheck(isBrokerError(err) ? err : classifyStsError(err), target.name));
+      list.add(failedCheck(err as BrokerError, target.name));
       continue;
     }
     next = undefined;
