@@ -1,8 +1,6 @@
 /**
- * The error answers of SPEC §5, `{"error": code, "message": text, ...extra}` with the code's
- * status and `Cache-Control: no-store`, built in one place and written to whichever sink has
- * the request: a fastify reply, a node:http response, or a socket no request owns.
- * Nothing here may load fastify at run time: the listener imports this before fastify is loaded.
+ * SPEC §5's error answers, built in one place and written to a fastify reply, a node:http
+ * response or a bare socket. No run-time import of fastify: the listener loads this before it.
  */
 import { type ServerResponse, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";

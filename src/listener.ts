@@ -1,8 +1,6 @@
 /**
- * The loopback listener (SPEC §5), on plain node:http rather than fastify's own server: it
- * is up, and the extension registered, before fastify has even been loaded. Requests that
- * arrive before the app is ready wait here and go to it the moment it is.
- * Nothing here may import fastify, or start-up would load it after all.
+ * The loopback listener (SPEC §5), on plain node:http: it is up before fastify is loaded, and
+ * holds requests until the app is ready. Nothing here may import fastify, or start-up would load it.
  */
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -103,10 +101,8 @@ export const IPV6_LOOPBACK = "::1";
 const NO_IPV6 = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 
 /**
- * Listens on 127.0.0.1 (on `port`, or a free one when it is 0); `listenOnIpv6` adds ::1 on the
- * same port, where the host has it, so that a client reaches the broker whichever address its
- * `localhost` gives it. `onHeld` is called when a request arrives with nothing yet to serve it
- * and none held before it.
+ * Listens on 127.0.0.1 (`port`, or a free one for 0); `listenOnIpv6` adds ::1 on the same port, so
+ * a client's `localhost` reaches the broker either way. `onHeld` runs when a first request is held.
  */
 export async function listenOnLoopback(port: number, onHeld?: () => void): Promise<Listener> {
   let handler: Handler | undefined;
