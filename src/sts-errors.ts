@@ -2,7 +2,7 @@
  * STS failures classified: each AWS SDK error becomes a BrokerError that says what failed,
  * whether a retry can help, and which set-up step to check (SPEC §3).
  */
-import { BrokerError } from "./errors.js";
+import { BrokerError, type BrokerErrorCode } from "./errors.js";
 
 /** STS will not sign for less than this (`DurationSeconds` minimum, STS API reference). */
 export const MIN_DURATION_SECONDS = 60;
@@ -30,75 +30,111 @@ const CREDENTIALS = new Set(["SignatureDoesNotMatch", "InvalidClientTokenId", "U
 const CLOCK_SKEW = /^Signature (expired|not yet current)\b/;
 const NETWORK = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "TimeoutError", "AbortError", "RequestTimeout", "RequestTimeoutException"]);
 
-/** Maps an SDK error to a BrokerError that says what failed and what to check. */
-export function classifyStsError(err: unknown): BrokerError {
-  const code = upstreamCodeOf(err);
-  const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-  const errno = (err as { code?: unknown }).code;
-  const message = err instanceof Error ? err.message : String(err);
-  const opts = { step: "sts" as const, upstreamCode: code, cause: err };
-  if (code === "AccessDenied") {
-    return new BrokerError("ERR_STS_ACCESS_DENIED", `STS denied GetWebIdentityToken: ${message}`, {
-      ...opts,
-      retryable: false,
-      hint: "allow sts:GetWebIdentityToken in the function's execution role, with conditions sts:IdentityTokenAudience matching DATABRICKS_TOKEN_BROKER_AUDIENCE and sts:DurationSeconds at least DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
-    });
-  }
-  if (code === "OutboundWebIdentityFederationDisabled") {
-    return new BrokerError("ERR_STS_FEDERATION_DISABLED", `outbound web identity federation is disabled for this AWS account: ${message}`, {
-      ...opts,
-      retryable: false,
-      hint: "enable it once per account: aws iam enable-outbound-web-identity-federation",
-    });
-  }
-  if (code === "SessionDurationEscalation") {
-    return new BrokerError("ERR_STS_SESSION_DURATION", `STS would not sign a JWT outliving the role session, even for ${MIN_DURATION_SECONDS} s: ${message}`, {
-      ...opts,
-      retryable: true,
-      hint: "the execution role's session is about to expire; Lambda renews it, so this passes on its own",
-    });
-  }
-  if (code === "RequestExpired" || (code === "SignatureDoesNotMatch" && CLOCK_SKEW.test(message))) {
-    return new BrokerError("ERR_STS_CREDENTIALS", `STS refused the request's signing time: ${message}`, {
-      ...opts,
-      retryable: true,
-      hint: "this machine's clock is more than 15 minutes off STS's; the AWS SDK adopts STS's time from its answer, so the broker's retry passes. If it persists, set the clock right",
-    });
-  }
-  if (CREDENTIALS.has(code)) {
-    return new BrokerError("ERR_STS_CREDENTIALS", `STS refused the credentials that signed the request: ${message}`, {
-      ...opts,
-      retryable: false,
-      hint: "the AWS credentials are not the execution role's valid session: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (set by Lambda; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI) must be the role's own, unexpired and from one session; check that nothing in the function's configuration or code replaces them",
-    });
-  }
-  if (code === "CredentialsProviderError") {
+/** What the rules look at in an SDK error. */
+interface Failure {
+  readonly code: string;
+  readonly status: number | undefined;
+  readonly errno: unknown;
+  readonly message: string;
+}
+
+/** One kind of STS failure: when it applies, and what the BrokerError says. */
+interface Rule {
+  readonly when: (f: Failure) => boolean;
+  readonly code: BrokerErrorCode;
+  /** Put before the SDK's message. */
+  readonly what: string;
+  readonly retryable: boolean;
+  readonly hint: string;
+}
+
+/** The rules in order; the first that applies wins, and `REJECTED` when none does. */
+const RULES: readonly Rule[] = [
+  {
+    when: (f) => f.code === "AccessDenied",
+    code: "ERR_STS_ACCESS_DENIED",
+    what: "STS denied GetWebIdentityToken",
+    retryable: false,
+    hint: "allow sts:GetWebIdentityToken in the function's execution role, with conditions sts:IdentityTokenAudience matching DATABRICKS_TOKEN_BROKER_AUDIENCE and sts:DurationSeconds at least DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
+  },
+  {
+    when: (f) => f.code === "OutboundWebIdentityFederationDisabled",
+    code: "ERR_STS_FEDERATION_DISABLED",
+    what: "outbound web identity federation is disabled for this AWS account",
+    retryable: false,
+    hint: "enable it once per account: aws iam enable-outbound-web-identity-federation",
+  },
+  {
+    when: (f) => f.code === "SessionDurationEscalation",
+    code: "ERR_STS_SESSION_DURATION",
+    what: `STS would not sign a JWT outliving the role session, even for ${MIN_DURATION_SECONDS} s`,
+    retryable: true,
+    hint: "the execution role's session is about to expire; Lambda renews it, so this passes on its own",
+  },
+  {
+    when: (f) => f.code === "RequestExpired" || (f.code === "SignatureDoesNotMatch" && CLOCK_SKEW.test(f.message)),
+    code: "ERR_STS_CREDENTIALS",
+    what: "STS refused the request's signing time",
+    retryable: true,
+    hint: "this machine's clock is more than 15 minutes off STS's; the AWS SDK adopts STS's time from its answer, so the broker's retry passes. If it persists, set the clock right",
+  },
+  {
+    when: (f) => CREDENTIALS.has(f.code),
+    code: "ERR_STS_CREDENTIALS",
+    what: "STS refused the credentials that signed the request",
+    retryable: false,
+    hint: "the AWS credentials are not the execution role's valid session: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (set by Lambda; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI) must be the role's own, unexpired and from one session; check that nothing in the function's configuration or code replaces them",
+  },
+  {
     // No request was sent: the AWS SDK found no credentials (SnapStart: the container
     // credentials endpoint failed). It may pass: Lambda's endpoint answers once the environment is up.
-    return new BrokerError("ERR_STS_CREDENTIALS", `the AWS SDK found no credentials to sign the STS request: ${message}`, {
-      ...opts,
-      retryable: true,
-      hint: "the function's environment must carry the execution role's credentials as Lambda sets them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN); check that nothing in the function's configuration removes them",
-    });
-  }
-  if (THROTTLING.has(code) || status === 429) {
-    return new BrokerError("ERR_STS_UNAVAILABLE", `STS throttled the request: ${message}`, { ...opts, retryable: true, hint: "too many GetWebIdentityToken calls in this account and region; the broker backs off" });
-  }
-  if ((typeof errno === "string" && NETWORK.has(errno)) || NETWORK.has(code) || (status !== undefined && status >= 500)) {
-    return new BrokerError("ERR_STS_UNAVAILABLE", `STS could not be reached or failed: ${message}`, {
-      ...opts,
-      retryable: true,
-      hint: "a network or STS fault; the broker retries with backoff. In a VPC, the function needs a route to the regional STS endpoint (NAT gateway or an STS interface endpoint)",
-    });
-  }
-  if (status === undefined || (status >= 200 && status < 300)) {
+    when: (f) => f.code === "CredentialsProviderError",
+    code: "ERR_STS_CREDENTIALS",
+    what: "the AWS SDK found no credentials to sign the STS request",
+    retryable: true,
+    hint: "the function's environment must carry the execution role's credentials as Lambda sets them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; SnapStart: AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN); check that nothing in the function's configuration removes them",
+  },
+  {
+    when: (f) => THROTTLING.has(f.code) || f.status === 429,
+    code: "ERR_STS_UNAVAILABLE",
+    what: "STS throttled the request",
+    retryable: true,
+    hint: "too many GetWebIdentityToken calls in this account and region; the broker backs off",
+  },
+  {
+    when: (f) => (typeof f.errno === "string" && NETWORK.has(f.errno)) || NETWORK.has(f.code) || (f.status !== undefined && f.status >= 500),
+    code: "ERR_STS_UNAVAILABLE",
+    what: "STS could not be reached or failed",
+    retryable: true,
+    hint: "a network or STS fault; the broker retries with backoff. In a VPC, the function needs a route to the regional STS endpoint (NAT gateway or an STS interface endpoint)",
+  },
+  {
     // No HTTP status means the SDK failed before or after the exchange: a body it could not
     // parse, or a connection dropped mid-answer. Both can pass on their own.
-    return new BrokerError("ERR_STS_INVALID_RESPONSE", `STS answer could not be used: ${message}`, { ...opts, retryable: true, hint: "an STS or network fault; the broker retries with backoff" });
-  }
-  return new BrokerError("ERR_STS_REJECTED", `STS rejected GetWebIdentityToken: ${message}`, {
-    ...opts,
-    retryable: false,
-    hint: "check DATABRICKS_TOKEN_BROKER_AUDIENCE, DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM and DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
-  });
+    when: (f) => f.status === undefined || (f.status >= 200 && f.status < 300),
+    code: "ERR_STS_INVALID_RESPONSE",
+    what: "STS answer could not be used",
+    retryable: true,
+    hint: "an STS or network fault; the broker retries with backoff",
+  },
+];
+
+const REJECTED: Rule = {
+  when: () => true,
+  code: "ERR_STS_REJECTED",
+  what: "STS rejected GetWebIdentityToken",
+  retryable: false,
+  hint: "check DATABRICKS_TOKEN_BROKER_AUDIENCE, DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM and DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS",
+};
+
+/** Maps an SDK error to a BrokerError that says what failed and what to check. */
+export function classifyStsError(err: unknown): BrokerError {
+  const failure: Failure = {
+    code: upstreamCodeOf(err),
+    status: (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode,
+    errno: (err as { code?: unknown }).code,
+    message: err instanceof Error ? err.message : String(err),
+  };
+  const rule = RULES.find((r) => r.when(failure)) ?? REJECTED;
+  return new BrokerError(rule.code, `${rule.what}: ${failure.message}`, { step: "sts", upstreamCode: failure.code, cause: err, retryable: rule.retryable, hint: rule.hint });
 }
