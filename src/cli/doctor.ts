@@ -9,7 +9,7 @@ import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type
 import { BrokerError, isBrokerError } from "../errors.js";
 import { createExchange, type AccessToken, type FetchLike } from "../exchange.js";
 import { fingerprint, redact, silentLogger } from "../log.js";
-import { createStsSource, type StsJwt } from "../sts.js";
+import { createStsSource, type StsJwt, type StsSource } from "../sts.js";
 import type { DoctorArgs } from "./args.js";
 import { type AwsClients, callerArn, describeAwsError, getFederationState, roleFromCaller } from "./aws.js";
 import { executionRolePolicy, roleNameOf } from "./policies.js";
@@ -190,6 +190,31 @@ async function apiCheck(target: Target, token: AccessToken, fetch: FetchLike): P
   };
 }
 
+/** The `sts` step: the first JWT, or undefined once the step's failure is in `list`. */
+async function stsStep(list: Checklist, getJwt: StsSource, config: Config, now: () => number): Promise<StsJwt | undefined> {
+  let first: StsJwt;
+  try {
+    first = await getJwt();
+  } catch (err) {
+    // The source rejects with BrokerErrors only.
+    const e = err as BrokerError;
+    const check = failedCheck(e);
+    const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
+    if (e.code === "ERR_STS_ACCESS_DENIED") {
+      list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
+    } else if (e.code === "ERR_STS_CREDENTIALS" || ["NoCredentials", "NoRegion"].includes(credentials.code)) {
+      // The CLI's own credentials and clock, not the Lambda session the broker's hint speaks of.
+      list.add({ ...check, fix: credentials.fix });
+    } else {
+      list.add(check);
+    }
+    return undefined;
+  }
+  const lifetime = Math.round((first.expiresAt - now()) / 1000);
+  list.add({ step: "sts", status: "pass", detail: `GetWebIdentityToken signed a ${config.signingAlgorithm} JWT that expires in ${lifetime} s` });
+  return first;
+}
+
 /** Runs the chain once; every outcome, failure included, is a check in the report. */
 export async function runDoctor(args: DoctorArgs & { region?: string | undefined }, deps: DoctorDeps): Promise<DoctorReport> {
   const now = deps.now ?? Date.now;
@@ -256,27 +281,11 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
     log: silentLogger,
     now,
   });
-  let first: StsJwt;
-  try {
-    first = await getJwt();
-  } catch (err) {
-    // The source rejects with BrokerErrors only.
-    const e = err as BrokerError;
-    const check = failedCheck(e);
-    const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
-    if (e.code === "ERR_STS_ACCESS_DENIED") {
-      list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
-    } else if (e.code === "ERR_STS_CREDENTIALS" || ["NoCredentials", "NoRegion"].includes(credentials.code)) {
-      // The CLI's own credentials and clock, not the Lambda session the broker's hint speaks of.
-      list.add({ ...check, fix: credentials.fix });
-    } else {
-      list.add(check);
-    }
+  const first = await stsStep(list, getJwt, config, now);
+  if (!first) {
     list.skipFrom("claims.iss");
     return list.report();
   }
-  const lifetime = Math.round((first.expiresAt - now()) / 1000);
-  list.add({ step: "sts", status: "pass", detail: `GetWebIdentityToken signed a ${config.signingAlgorithm} JWT that expires in ${lifetime} s` });
 
   const claims = decodeJwtClaims(first.jwt);
   if (!claims) {
