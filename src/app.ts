@@ -4,7 +4,7 @@
  */
 import * as crypto from "node:crypto";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
-import { errorAnswer, JSON_TYPE, Refusal, sendError } from "./answers.js";
+import { type ErrorAnswer, errorAnswer, JSON_TYPE, Refusal, sendError } from "./answers.js";
 import { type Config, DEFAULT_TARGET, normalizeHost, type Target } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
@@ -133,7 +133,7 @@ function createFastify(log: Logger): FastifyInstance {
 }
 
 /** The answer to an error a route threw: its own when it is a Refusal, else 400, 404 or (logged) 500. */
-function answerFor(err: FastifyError | Refusal, log: Logger) {
+function answerFor(err: FastifyError | Refusal, log: Logger): ErrorAnswer {
   if (err instanceof Refusal) return err.answer;
   const status = err.statusCode ?? 500;
   if (status >= 500) {
