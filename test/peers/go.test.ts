@@ -2,31 +2,12 @@
 // built from their Go modules by test/peers/install.mjs, run from inside a Python function under
 // AWS's Lambda emulator with the function's own environment, configured as the README says.
 // Both validate the configuration the same way (the CLI embeds the Go SDK).
-import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { CLI, GO_PEER, PYTHON } from "./paths.mjs";
-import { type LayerDir, withNodeLayer } from "./layers.js";
-import { FUNCTIONS, type PeerStack, type PeerStackOptions, startPeerStack } from "./peer-stack.js";
+import { describe, expect, it } from "vitest";
+import { CLI, GO_PEER } from "./paths.mjs";
+import { pythonFunction } from "./layers.js";
+import { type PeerStack } from "./peer-stack.js";
 
-// A Python runtime has no Node.js: the function attaches the with-Node.js flavour, and the
-// machine's own node is hidden from it.
-let layer: LayerDir | undefined;
-beforeAll(async () => {
-  layer = await withNodeLayer();
-});
-afterAll(async () => {
-  await layer?.remove();
-});
-const PYTHON_RUNTIME = () => ({ layer: layer!.dir, rie: { hide: [process.execPath] } });
-
-let stack: PeerStack | undefined;
-afterEach(async () => {
-  await stack?.close();
-  stack = undefined;
-});
-
-const start = async (o: Partial<PeerStackOptions> = {}) =>
-  (stack = await startPeerStack({ task: join(FUNCTIONS, "python"), bootstrap: [PYTHON, "-m", "awslambdaric", "app.handler"], ...PYTHON_RUNTIME(), ...o }));
+const start = pythonFunction();
 
 interface Ran {
   code: number;

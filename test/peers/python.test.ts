@@ -3,32 +3,12 @@
 // the real databricks-sdk through DATABRICKS_METADATA_SERVICE_URL with no code. Versions:
 // test/peers/requirements.txt.
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { NODE_VERSION } from "../../layer/node-runtime.mjs";
-import { PYTHON, ROOT } from "./paths.mjs";
-import { type LayerDir, withNodeLayer } from "./layers.js";
-import { FUNCTIONS, type PeerStack, type PeerStackOptions, startPeerStack } from "./peer-stack.js";
+import { ROOT } from "./paths.mjs";
+import { pythonFunction } from "./layers.js";
 
-const PYTHON_FUNCTION = { task: join(FUNCTIONS, "python"), bootstrap: [PYTHON, "-m", "awslambdaric", "app.handler"] };
-
-// A Python runtime has no Node.js: the function attaches the with-Node.js flavour, and the
-// machine's own node is hidden from it.
-let layer: LayerDir | undefined;
-beforeAll(async () => {
-  layer = await withNodeLayer();
-});
-afterAll(async () => {
-  await layer?.remove();
-});
-const PYTHON_RUNTIME = () => ({ layer: layer!.dir, rie: { hide: [process.execPath] } });
-
-let stack: PeerStack | undefined;
-afterEach(async () => {
-  await stack?.close();
-  stack = undefined;
-});
-
-const start = async (o: Partial<PeerStackOptions> = {}) => (stack = await startPeerStack({ ...PYTHON_FUNCTION, ...PYTHON_RUNTIME(), ...o }));
+const start = pythonFunction();
 
 describe("Python function (awslambdaric) under AWS's Lambda emulator", () => {
   it("gets a token from GET /token and calls Databricks with it; the SDK authenticates through /metadata", async () => {
