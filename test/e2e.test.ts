@@ -7,18 +7,11 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { afterEach, describe, expect, it } from "vitest";
-import { logs, ROOT, type Stack, startStack, type StackOptions } from "./stack.js";
+import { describe, expect, it } from "vitest";
+import { stackPerTest } from "./harness.js";
+import { logs, ROOT, type Stack } from "./stack.js";
 
-const stacks: Stack[] = [];
-async function stack(o: StackOptions = {}): Promise<Stack> {
-  const s = await startStack(o);
-  stacks.push(s);
-  return s;
-}
-afterEach(async () => {
-  await Promise.all(stacks.splice(0).map((s) => s.close()));
-});
+const stack = stackPerTest();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -4,7 +4,8 @@
  * actually issued — the broker's own word is never the evidence.
  */
 import { readFileSync } from "node:fs";
-import type { Stack } from "./stack.js";
+import { afterEach } from "vitest";
+import { type Stack, type StackOptions, startStack } from "./stack.js";
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -133,4 +134,20 @@ export async function pool<T, R>(items: readonly T[], size: number, fn: (t: T) =
     }),
   );
   return results;
+}
+
+/**
+ * For a test file: `stack(options)` starts a stack that is closed (and scanned for leaked
+ * secrets) after each test.
+ */
+export function stackPerTest(): (o?: StackOptions) => Promise<Stack> {
+  const stacks: Stack[] = [];
+  afterEach(async () => {
+    await Promise.all(stacks.splice(0).map((s) => s.close()));
+  });
+  return async (o = {}) => {
+    const s = await startStack(o);
+    stacks.push(s);
+    return s;
+  };
 }

@@ -8,18 +8,11 @@
 import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { logs, ROOT, type Stack, startStack, type StackOptions } from "./stack.js";
+import { afterAll, describe, expect, it } from "vitest";
+import { stackPerTest } from "./harness.js";
+import { logs, ROOT, type Stack } from "./stack.js";
 
-const stacks: Stack[] = [];
-async function stack(o: StackOptions = {}): Promise<Stack> {
-  const s = await startStack(o);
-  stacks.push(s);
-  return s;
-}
-afterEach(async () => {
-  await Promise.all(stacks.splice(0).map((s) => s.close()));
-});
+const stack = stackPerTest();
 const dirs: string[] = [];
 afterAll(async () => {
   await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
