@@ -186,7 +186,7 @@ function readEnum<T extends string>(
   allowed: readonly T[],
   fallback: T,
   problems: Problems,
-  normalise: (s: string) => string = (s) => s,
+  { normalise = (s: string) => s }: { readonly normalise?: (s: string) => string } = {},
 ): T {
   const raw = env[name];
   if (raw === undefined || raw.trim() === "") return fallback;
@@ -216,6 +216,24 @@ function checkEndpoint(variable: string, raw: string, problems: Problems): strin
   return undefined;
 }
 
+/** A target's host as its normalised origin: https, or http on loopback only. */
+function checkHost(variable: string, raw: string | undefined, problems: Problems): string | undefined {
+  if (raw === undefined || raw.trim() === "") {
+    problems.add(variable, "is required: the workspace URL (https://<workspace>.cloud.databricks.com) or an accounts host");
+    return undefined;
+  }
+  const host = normalizeHost(raw);
+  if (host === undefined) {
+    problems.add(variable, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${JSON.stringify(raw)}`);
+    return undefined;
+  }
+  if (host.startsWith("http:") && !isLoopbackHostname(new URL(host).hostname)) {
+    problems.add(variable, `must use https (plain http only for loopback addresses), got ${JSON.stringify(raw)}`);
+    return undefined;
+  }
+  return host;
+}
+
 interface TargetInput {
   host: string | undefined;
   clientId: string | undefined;
@@ -233,18 +251,7 @@ function buildTarget(
   problems: Problems,
 ): Target | undefined {
   const before = problems.list.length;
-  let host: string | undefined;
-  if (input.host === undefined || input.host.trim() === "") {
-    problems.add(names.host, "is required: the workspace URL (https://<workspace>.cloud.databricks.com) or an accounts host");
-  } else {
-    host = normalizeHost(input.host);
-    if (host === undefined) {
-      problems.add(names.host, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${JSON.stringify(input.host)}`);
-    } else if (host.startsWith("http:") && !isLoopbackHostname(new URL(host).hostname)) {
-      problems.add(names.host, `must use https (plain http only for loopback addresses), got ${JSON.stringify(input.host)}`);
-      host = undefined;
-    }
-  }
+  const host = checkHost(names.host, input.host, problems);
   const isAccounts = host !== undefined && isAccountsHost(host);
   const accountId = input.accountId?.trim() || undefined;
   if (accountId !== undefined && !ACCOUNT_ID.test(accountId)) {
@@ -271,71 +278,90 @@ function buildTarget(
   return Object.freeze({ name, host, isAccounts, accountId, clientId, scope, tokenEndpoint });
 }
 
+const TARGETS_VARIABLE = `${P}TARGETS`;
+
+/** The named targets of `DATABRICKS_TOKEN_BROKER_TARGETS`, each checked as the default target is. */
 function parseTargets(raw: string | undefined, defaultScope: string, problems: Problems): Target[] {
-  const variable = `${P}TARGETS`;
+  const targets: Target[] = [];
+  for (const [name, value] of readTargetEntries(raw, problems)) {
+    const at = `${TARGETS_VARIABLE}.${name}`;
+    const input = targetInput(at, name, value, problems);
+    if (input === undefined) continue;
+    const target = buildTarget(name, input, targetFieldVariables(at), defaultScope, problems);
+    if (target) targets.push(target);
+  }
+  return targets;
+}
+
+/** The entries of the TARGETS JSON object; none when it is unset or not such an object. */
+function readTargetEntries(raw: string | undefined, problems: Problems): [string, unknown][] {
   if (raw === undefined || raw.trim() === "") return [];
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
   } catch (e) {
-    problems.add(variable, `must be JSON like {"name": {"host": "https://..."}}: ${(e as Error).message}`);
+    problems.add(TARGETS_VARIABLE, `must be JSON like {"name": {"host": "https://..."}}: ${(e as Error).message}`);
     return [];
   }
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
-    problems.add(variable, 'must be a JSON object of named targets, like {"name": {"host": "https://..."}}');
+    problems.add(TARGETS_VARIABLE, 'must be a JSON object of named targets, like {"name": {"host": "https://..."}}');
     return [];
   }
-  const targets: Target[] = [];
-  for (const [name, value] of Object.entries(parsed as Record<string, unknown>)) {
-    const at = `${variable}.${name}`;
-    if (!TARGET_NAME.test(name)) {
-      problems.add(at, "target names are 1-64 letters, digits, '-' or '_'");
-      continue;
-    }
-    if (name === DEFAULT_TARGET) {
-      problems.add(at, `"${DEFAULT_TARGET}" is the target built from DATABRICKS_HOST; choose another name`);
-      continue;
-    }
-    if (value === null || typeof value !== "object" || Array.isArray(value)) {
-      problems.add(at, 'must be an object like {"host": "https://..."}');
-      continue;
-    }
-    const fields = value as Record<string, unknown>;
-    let badField = false;
-    for (const [key, v] of Object.entries(fields)) {
-      if (!TARGET_KEYS.has(key)) {
-        problems.add(`${at}.${key}`, `unknown key; expected ${[...TARGET_KEYS].join(", ")}`);
-        badField = true;
-      } else if (typeof v !== "string") {
-        problems.add(`${at}.${key}`, "must be a string");
-        badField = true;
-      }
-    }
-    if (badField) continue;
-    const str = (k: string) => fields[k] as string | undefined;
-    const target = buildTarget(
-      name,
-      {
-        host: str("host"),
-        clientId: str("client_id"),
-        accountId: str("account_id"),
-        scope: str("scope"),
-        tokenEndpoint: str("token_endpoint"),
-      },
-      {
-        host: `${at}.host`,
-        clientId: `${at}.client_id`,
-        accountId: `${at}.account_id`,
-        scope: `${at}.scope`,
-        tokenEndpoint: `${at}.token_endpoint`,
-      },
-      defaultScope,
-      problems,
-    );
-    if (target) targets.push(target);
-  }
-  return targets;
+  return Object.entries(parsed as Record<string, unknown>);
 }
+
+/** One TARGETS entry as a TargetInput, or undefined when its name or shape is wrong. */
+function targetInput(at: string, name: string, value: unknown, problems: Problems): TargetInput | undefined {
+  if (!TARGET_NAME.test(name)) {
+    problems.add(at, "target names are 1-64 letters, digits, '-' or '_'");
+    return undefined;
+  }
+  if (name === DEFAULT_TARGET) {
+    problems.add(at, `"${DEFAULT_TARGET}" is the target built from DATABRICKS_HOST; choose another name`);
+    return undefined;
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    problems.add(at, 'must be an object like {"host": "https://..."}');
+    return undefined;
+  }
+  const fields = value as Record<string, unknown>;
+  if (!checkTargetFields(at, fields, problems)) return undefined;
+  const str = (k: string) => fields[k] as string | undefined;
+  return {
+    host: str("host"),
+    clientId: str("client_id"),
+    accountId: str("account_id"),
+    scope: str("scope"),
+    tokenEndpoint: str("token_endpoint"),
+  };
+}
+
+/** True when every field is a known key with a string value; names each one that is not. */
+function checkTargetFields(at: string, fields: Record<string, unknown>, problems: Problems): boolean {
+  let ok = true;
+  for (const [key, v] of Object.entries(fields)) {
+    if (!TARGET_KEYS.has(key)) {
+      problems.add(`${at}.${key}`, `unknown key; expected ${[...TARGET_KEYS].join(", ")}`);
+      ok = false;
+    } else if (typeof v !== "string") {
+      problems.add(`${at}.${key}`, "must be a string");
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+function targetFieldVariables(at: string): Record<keyof TargetInput, string> {
+  return {
+    host: `${at}.host`,
+    clientId: `${at}.client_id`,
+    accountId: `${at}.account_id`,
+    scope: `${at}.scope`,
+    tokenEndpoint: `${at}.token_endpoint`,
+  };
+}
+
+const SET_AUTH_TYPE = `set DATABRICKS_AUTH_TYPE=${METADATA_AUTH_TYPE} on the function`;
 
 /**
  * What the Databricks SDKs in the function will make of the variables that point them at the
@@ -346,9 +372,7 @@ function sdkWarnings(env: NodeJS.ProcessEnv, port: number, targets: ReadonlyMap<
   const url = env.DATABRICKS_METADATA_SERVICE_URL;
   // The SDKs compare the value exactly (no trimming, no case folding), so the broker does too.
   const authType = env.DATABRICKS_AUTH_TYPE;
-  const brokerUrl = `http://localhost:${port}/metadata`;
-  const setUrl = `set DATABRICKS_METADATA_SERVICE_URL=${brokerUrl} on the function`;
-  const setAuthType = `set DATABRICKS_AUTH_TYPE=${METADATA_AUTH_TYPE} on the function`;
+  const setUrl = `set DATABRICKS_METADATA_SERVICE_URL=http://localhost:${port}/metadata on the function`;
   if (url === undefined || url.trim() === "") {
     if (authType !== METADATA_AUTH_TYPE) return [];
     return [
@@ -361,32 +385,8 @@ function sdkWarnings(env: NodeJS.ProcessEnv, port: number, targets: ReadonlyMap<
   }
 
   const warnings: ConfigWarning[] = [];
-  if (authType === undefined || authType === "") {
-    const others = SDK_AUTH_VARIABLES.filter(([name]) => env[name] !== undefined && env[name]?.trim() !== "");
-    if (others.length > 0) {
-      // Worded as the SDKs word it (config validation in databricks-sdk-py and -go; the JS SDK
-      // does not count the URL as a method of its own, so it does not refuse).
-      const methods = [...new Set([METADATA_AUTH_TYPE, ...others.map(([, method]) => method)])].sort().join(" and ");
-      warnings.push({
-        variable: "DATABRICKS_AUTH_TYPE",
-        detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: with ${others.map(([name]) => name).join(" and ")} also set, the Databricks SDKs for Python and Go and the Databricks CLI refuse to start ("validate: more than one authorization method configured: ${methods}")`,
-        fix: setAuthType,
-      });
-    } else {
-      warnings.push({
-        variable: "DATABRICKS_AUTH_TYPE",
-        detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: whenever the broker cannot serve a token, the Go SDK and the Databricks CLI hide its error behind "cannot configure default credentials"`,
-        fix: setAuthType,
-      });
-    }
-  } else if (authType !== METADATA_AUTH_TYPE) {
-    warnings.push({
-      variable: "DATABRICKS_AUTH_TYPE",
-      detail: `DATABRICKS_AUTH_TYPE is ${JSON.stringify(authType)}, not ${METADATA_AUTH_TYPE}: the Databricks SDKs and CLI will not ask the broker at DATABRICKS_METADATA_SERVICE_URL`,
-      fix: `${setAuthType}, or unset DATABRICKS_METADATA_SERVICE_URL if the SDKs are not meant to use the broker`,
-    });
-  }
-
+  const authWarning = authTypeWarning(env, authType);
+  if (authWarning) warnings.push(authWarning);
   const wrong = metadataUrlProblems(url, port, targets, env.DATABRICKS_HOST);
   if (wrong.length > 0) {
     warnings.push({
@@ -397,6 +397,37 @@ function sdkWarnings(env: NodeJS.ProcessEnv, port: number, targets: ReadonlyMap<
   }
   return warnings;
 }
+
+/** What a `DATABRICKS_AUTH_TYPE` other than metadata-service does beside a set metadata URL. */
+function authTypeWarning(env: NodeJS.ProcessEnv, authType: string | undefined): ConfigWarning | undefined {
+  if (authType === undefined || authType === "") return missingAuthTypeWarning(env);
+  if (authType === METADATA_AUTH_TYPE) return undefined;
+  return {
+    variable: "DATABRICKS_AUTH_TYPE",
+    detail: `DATABRICKS_AUTH_TYPE is ${JSON.stringify(authType)}, not ${METADATA_AUTH_TYPE}: the Databricks SDKs and CLI will not ask the broker at DATABRICKS_METADATA_SERVICE_URL`,
+    fix: `${SET_AUTH_TYPE}, or unset DATABRICKS_METADATA_SERVICE_URL if the SDKs are not meant to use the broker`,
+  };
+}
+
+function missingAuthTypeWarning(env: NodeJS.ProcessEnv): ConfigWarning {
+  const others = SDK_AUTH_VARIABLES.filter(([name]) => env[name] !== undefined && env[name]?.trim() !== "");
+  if (others.length === 0) {
+    return {
+      variable: "DATABRICKS_AUTH_TYPE",
+      detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: whenever the broker cannot serve a token, the Go SDK and the Databricks CLI hide its error behind "cannot configure default credentials"`,
+      fix: SET_AUTH_TYPE,
+    };
+  }
+  // Worded as the SDKs word it (config validation in databricks-sdk-py and -go; the JS SDK
+  // does not count the URL as a method of its own, so it does not refuse).
+  const methods = [...new Set([METADATA_AUTH_TYPE, ...others.map(([, method]) => method)])].sort().join(" and ");
+  return {
+    variable: "DATABRICKS_AUTH_TYPE",
+    detail: `DATABRICKS_METADATA_SERVICE_URL is set without DATABRICKS_AUTH_TYPE: with ${others.map(([name]) => name).join(" and ")} also set, the Databricks SDKs for Python and Go and the Databricks CLI refuse to start ("validate: more than one authorization method configured: ${methods}")`,
+    fix: SET_AUTH_TYPE,
+  };
+}
+
 
 /**
  * Why `raw` would not reach `/metadata` of this broker as the SDKs call it; empty when it would.
@@ -438,11 +469,6 @@ function metadataUrlProblems(raw: string, port: number, targets: ReadonlyMap<str
 }
 
 /**
- * Reads the configuration from `env`. A disabled broker checks nothing else, so a function
- * can carry the layer switched off without any of its variables.
- * @throws BrokerError with code `ERR_CONFIG`, whose message lists every bad variable.
- */
-/**
  * The log level alone, for the lines the process writes before (or apart from) the whole
  * configuration: Node.js's own warnings. An invalid value is `info`; parseConfig reports it.
  */
@@ -451,25 +477,86 @@ export function readLogLevel(env: NodeJS.ProcessEnv): LogLevel {
   return LOG_LEVELS.find((l) => l === value) ?? DEFAULTS.logLevel;
 }
 
+/**
+ * Reads the configuration from `env`. A disabled broker checks nothing else, so a function
+ * can carry the layer switched off without any of its variables.
+ * @throws BrokerError with code `ERR_CONFIG`, whose message lists every bad variable.
+ */
 export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
   const problems = new Problems();
-  const logLevel = readEnum(env, `${P}LOG_LEVEL`, LOG_LEVELS, DEFAULTS.logLevel, problems, (s) =>
-    s.toLowerCase(),
-  );
+  const logLevel = readEnum(env, `${P}LOG_LEVEL`, LOG_LEVELS, DEFAULTS.logLevel, problems, {
+    normalise: (s) => s.toLowerCase(),
+  });
   const enabledValue = env[`${P}ENABLED`];
   if (!ENABLED_VALUES.has((enabledValue ?? "").trim().toLowerCase())) {
     return Object.freeze({ enabled: false, logLevel: problems.list.length ? DEFAULTS.logLevel : logLevel, enabledValue });
   }
 
-  const scope = env[`${P}SCOPE`]?.trim() || DEFAULTS.scope;
+  const options = readBrokerOptions(env, problems);
+  const targets = readTargets(env, options.scope, problems);
+  const region = readRegion(env, problems);
+  const initializationType = readInitializationType(env);
+  throwIfAny(problems);
+  const warnings = [...signingWarnings(options.signingAlgorithm), ...sdkWarnings(env, options.port, targets)];
+
+  return Object.freeze({
+    enabled: true,
+    warnings: Object.freeze(warnings),
+    config: Object.freeze({
+      targets,
+      audience: options.audience,
+      signingAlgorithm: options.signingAlgorithm,
+      stsDurationSeconds: options.stsDurationSeconds,
+      port: options.port,
+      refreshAheadSeconds: options.refreshAheadSeconds,
+      minTtlSeconds: options.minTtlSeconds,
+      waitSeconds: options.waitSeconds,
+      logLevel,
+      region,
+      initializationType,
+    }),
+  });
+}
+
+/** The broker's own `DATABRICKS_TOKEN_BROKER_*` options, besides the switch, the log level and the targets. */
+interface BrokerOptions {
+  readonly scope: string;
+  readonly audience: string;
+  readonly signingAlgorithm: SigningAlgorithm;
+  readonly stsDurationSeconds: number;
+  readonly port: number;
+  readonly minTtlSeconds: number;
+  readonly refreshAheadSeconds: number;
+  readonly waitSeconds: number;
+}
+
+/** The order of the reads is the order of their problems in the error message. */
+function readBrokerOptions(env: NodeJS.ProcessEnv, problems: Problems): BrokerOptions {
+  const audience = readAudience(env, problems);
+  const signingAlgorithm = readEnum(env, `${P}SIGNING_ALGORITHM`, ["RS256", "ES384"] as const, DEFAULTS.signingAlgorithm, problems, {
+    normalise: (s) => s.toUpperCase(),
+  });
+  const stsDurationSeconds = readWholeNumber(env, `${P}STS_DURATION_SECONDS`, DEFAULTS.stsDurationSeconds, ...STS_DURATION_RANGE, problems);
+  const port = readPort(env, problems);
+  const { minTtlSeconds, refreshAheadSeconds } = readTokenLifetimes(env, problems);
+  const waitSeconds = readWaitSeconds(env, problems);
+  const scope = readScope(env, problems);
+  return { scope, audience, signingAlgorithm, stsDurationSeconds, port, minTtlSeconds, refreshAheadSeconds, waitSeconds };
+}
+
+function readAudience(env: NodeJS.ProcessEnv, problems: Problems): string {
   const audience = env[`${P}AUDIENCE`]?.trim() || DEFAULTS.audience;
   if (!NO_SPACE.test(audience)) problems.add(`${P}AUDIENCE`, `must be one audience string without spaces, got ${JSON.stringify(audience)}`);
-  const signingAlgorithm = readEnum(env, `${P}SIGNING_ALGORITHM`, ["RS256", "ES384"] as const, DEFAULTS.signingAlgorithm, problems, (s) =>
-    s.toUpperCase(),
-  );
-  const stsDurationSeconds = readWholeNumber(env, `${P}STS_DURATION_SECONDS`, DEFAULTS.stsDurationSeconds, ...STS_DURATION_RANGE, problems);
+  return audience;
+}
+
+function readPort(env: NodeJS.ProcessEnv, problems: Problems): number {
   const port = readWholeNumber(env, `${P}PORT`, DEFAULTS.port, 1, 65535, problems);
   if (RESERVED_PORTS.has(port)) problems.add(`${P}PORT`, `${port} is Lambda's Runtime API port; choose another`);
+  return port;
+}
+
+function readTokenLifetimes(env: NodeJS.ProcessEnv, problems: Problems): { minTtlSeconds: number; refreshAheadSeconds: number } {
   const minTtlSeconds = readWholeNumber(env, `${P}MIN_TTL_SECONDS`, DEFAULTS.minTtlSeconds, 0, 86_400, problems);
   const refreshAheadSeconds = readWholeNumber(env, `${P}REFRESH_AHEAD_SECONDS`, DEFAULTS.refreshAheadSeconds, 0, 86_400, problems);
   if (refreshAheadSeconds < minTtlSeconds) {
@@ -478,18 +565,30 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
       `must not be below ${P}MIN_TTL_SECONDS (${minTtlSeconds}), got ${refreshAheadSeconds}: a token would become unservable before its refresh starts`,
     );
   }
-  const waitRaw = env[`${P}WAIT_SECONDS`];
-  let waitSeconds: number = DEFAULTS.waitSeconds;
-  if (waitRaw !== undefined && waitRaw.trim() !== "") {
-    const n = Number(waitRaw.trim());
-    if (!/^\d+(\.\d+)?$/.test(waitRaw.trim()) || !(n > 0) || n > MAX_WAIT_SECONDS) {
-      problems.add(`${P}WAIT_SECONDS`, `must be a number of seconds above 0 and at most ${MAX_WAIT_SECONDS}, got ${JSON.stringify(waitRaw)}`);
-    } else {
-      waitSeconds = n;
-    }
-  }
-  if (!SCOPE.test(scope)) problems.add(`${P}SCOPE`, `must be space-separated OAuth scopes, got ${JSON.stringify(scope)}`);
+  return { minTtlSeconds, refreshAheadSeconds };
+}
 
+/** Seconds above 0, fractions allowed. */
+function readWaitSeconds(env: NodeJS.ProcessEnv, problems: Problems): number {
+  const raw = env[`${P}WAIT_SECONDS`];
+  if (raw === undefined || raw.trim() === "") return DEFAULTS.waitSeconds;
+  const n = Number(raw.trim());
+  if (!/^\d+(\.\d+)?$/.test(raw.trim()) || !(n > 0) || n > MAX_WAIT_SECONDS) {
+    problems.add(`${P}WAIT_SECONDS`, `must be a number of seconds above 0 and at most ${MAX_WAIT_SECONDS}, got ${JSON.stringify(raw)}`);
+    return DEFAULTS.waitSeconds;
+  }
+  return n;
+}
+
+/** The scope of the default target, and of each named target that sets none. */
+function readScope(env: NodeJS.ProcessEnv, problems: Problems): string {
+  const scope = env[`${P}SCOPE`]?.trim() || DEFAULTS.scope;
+  if (!SCOPE.test(scope)) problems.add(`${P}SCOPE`, `must be space-separated OAuth scopes, got ${JSON.stringify(scope)}`);
+  return scope;
+}
+
+/** The `default` target from the `DATABRICKS_*` variables, then the named ones. */
+function readTargets(env: NodeJS.ProcessEnv, scope: string, problems: Problems): Map<string, Target> {
   const targets = new Map<string, Target>();
   const defaultTarget = buildTarget(
     DEFAULT_TARGET,
@@ -511,52 +610,44 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
     problems,
   );
   if (defaultTarget) targets.set(DEFAULT_TARGET, defaultTarget);
-  for (const t of parseTargets(env[`${P}TARGETS`], scope, problems)) targets.set(t.name, t);
+  for (const t of parseTargets(env[TARGETS_VARIABLE], scope, problems)) targets.set(t.name, t);
+  return targets;
+}
 
+/** The region, or "" after reporting that there is none. */
+function readRegion(env: NodeJS.ProcessEnv, problems: Problems): string {
   const region = env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim() || undefined;
   // GetWebIdentityToken has no global endpoint, so the regional one needs a region.
   if (region === undefined) problems.add("AWS_REGION", "is required (Lambda sets it; outside Lambda set it to the function's region)");
+  return region ?? "";
+}
 
-  const initializationType = readEnum(
+function readInitializationType(env: NodeJS.ProcessEnv): InitializationType {
+  return readEnum(
     env,
     "AWS_LAMBDA_INITIALIZATION_TYPE",
     ["on-demand", "provisioned-concurrency", "snap-start", "lambda-managed-instances"] as const,
     "on-demand",
     new Problems(), // Lambda sets it; an unknown future value falls back to on-demand rather than failing init.
   );
+}
 
-  if (problems.list.length > 0) {
-    throw new BrokerError("ERR_CONFIG", `invalid configuration: ${problems.list.join("; ")}`, {
-      step: "config",
-      retryable: false,
-      hint: "fix the named environment variables of the function",
-    });
-  }
-  const warnings: ConfigWarning[] = [];
-  if (signingAlgorithm === "ES384") {
-    warnings.push({
+function throwIfAny(problems: Problems): void {
+  if (problems.list.length === 0) return;
+  throw new BrokerError("ERR_CONFIG", `invalid configuration: ${problems.list.join("; ")}`, {
+    step: "config",
+    retryable: false,
+    hint: "fix the named environment variables of the function",
+  });
+}
+
+function signingWarnings(signingAlgorithm: SigningAlgorithm): ConfigWarning[] {
+  if (signingAlgorithm !== "ES384") return [];
+  return [
+    {
       variable: `${P}SIGNING_ALGORITHM`,
       detail: `${P}SIGNING_ALGORITHM is ES384: STS signs it, but Databricks documents only RS256 and ES256 for federation policies, so the exchange may be refused (invalid_grant)`,
       fix: `set ${P}SIGNING_ALGORITHM=RS256 (the default) unless ES384 is known to work with this workspace`,
-    });
-  }
-  warnings.push(...sdkWarnings(env, port, targets));
-
-  return Object.freeze({
-    enabled: true,
-    warnings: Object.freeze(warnings),
-    config: Object.freeze({
-      targets,
-      audience,
-      signingAlgorithm,
-      stsDurationSeconds,
-      port,
-      refreshAheadSeconds,
-      minTtlSeconds,
-      waitSeconds,
-      logLevel,
-      region: region ?? "",
-      initializationType,
-    }),
-  });
+    },
+  ];
 }
