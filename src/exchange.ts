@@ -146,48 +146,67 @@ function invalidResponse(target: Target, why: string): BrokerError {
   });
 }
 
+/** The JWT to exchange: the subject token, and when it expires (Unix ms), which bounds the token's life. */
+export interface SubjectToken {
+  readonly jwt: string;
+  readonly expiresAt?: number;
+}
+
 /**
  * Returns a function that exchanges one STS JWT for a Databricks access token for `target`.
  */
 export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_MS }: ExchangeOptions) {
-  /** `subjectExpiresAt` (Unix ms): when the JWT expires, the bound of a lifetime too long to believe. */
-  return async function exchange(target: Target, jwt: string, signal?: AbortSignal, subjectExpiresAt?: number): Promise<AccessToken> {
-    const form = new URLSearchParams({
-      grant_type: GRANT_TYPE,
-      subject_token: jwt,
-      subject_token_type: SUBJECT_TOKEN_TYPE,
-      scope: target.scope,
-    });
-    if (target.clientId !== undefined) form.set("client_id", target.clientId);
+  /** POSTs the form; the answer's status and its body (undefined when over the limit), or an unreachable error. */
+  async function post(target: Target, form: URLSearchParams, signal: AbortSignal | undefined): Promise<{ res: Response; text: string | undefined }> {
     const timeout = AbortSignal.timeout(timeoutMs);
-    const sentAt = now();
-    let res: Response;
-    let text: string | undefined;
     try {
-      res = await fetch(target.tokenEndpoint, {
+      const res = await fetch(target.tokenEndpoint, {
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
         body: form.toString(),
         redirect: "error",
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       });
-      text = await readLimited(res, MAX_BODY_BYTES);
+      return { res, text: await readLimited(res, MAX_BODY_BYTES) };
     } catch (err) {
       const timedOut = timeout.aborted;
       const cause = (err as { cause?: { code?: unknown } }).cause;
       const code = timedOut ? "timeout" : typeof cause?.code === "string" ? cause.code : (err as Error).name;
       throw new BrokerError(
-          "ERR_EXCHANGE_UNAVAILABLE",
-          timedOut ? `Databricks ${target.tokenEndpoint} did not answer within ${timeoutMs} ms` : `Databricks ${target.tokenEndpoint} could not be reached: ${(err as Error).message}`,
-          {
-            step: "exchange",
-            retryable: true,
-            upstreamCode: code,
-            hint: "a network fault; the broker retries with backoff. In a VPC, the function needs a route to the workspace (NAT gateway or PrivateLink)",
-            cause: err,
-          },
-        );
+        "ERR_EXCHANGE_UNAVAILABLE",
+        timedOut ? `Databricks ${target.tokenEndpoint} did not answer within ${timeoutMs} ms` : `Databricks ${target.tokenEndpoint} could not be reached: ${(err as Error).message}`,
+        {
+          step: "exchange",
+          retryable: true,
+          upstreamCode: code,
+          hint: "a network fault; the broker retries with backoff. In a VPC, the function needs a route to the workspace (NAT gateway or PrivateLink)",
+          cause: err,
+        },
+      );
     }
+  }
+
+  /** The lifetime to believe, in seconds: one beyond a day is capped at what the JWT had left. */
+  function believedLifetime(target: Target, rawLifetime: number, subject: SubjectToken, sentAt: number): number {
+    if (rawLifetime <= MAX_LIFETIME_SECONDS) return rawLifetime;
+    // Databricks derives a token's lifetime from the federated JWT's ("Authenticate with an
+    // identity provider token"), so the token dies with the JWT at the latest.
+    const jwtLeft = subject.expiresAt === undefined ? MAX_LIFETIME_SECONDS : Math.max(0, (subject.expiresAt - sentAt) / 1000);
+    const lifetime = Math.min(MAX_LIFETIME_SECONDS, jwtLeft);
+    log.warn("Databricks token lifetime beyond one day is not believed; capping it", { target: target.name, expiresIn: rawLifetime, cap: Math.floor(lifetime) });
+    return lifetime;
+  }
+
+  return async function exchange(target: Target, subject: SubjectToken, signal?: AbortSignal): Promise<AccessToken> {
+    const form = new URLSearchParams({
+      grant_type: GRANT_TYPE,
+      subject_token: subject.jwt,
+      subject_token_type: SUBJECT_TOKEN_TYPE,
+      scope: target.scope,
+    });
+    if (target.clientId !== undefined) form.set("client_id", target.clientId);
+    const sentAt = now();
+    const { res, text } = await post(target, form, signal);
     if (text === undefined) {
       if (!res.ok) throw httpError(target, res, undefined, "", now());
       throw invalidResponse(target, `with a body over ${MAX_BODY_BYTES} bytes`);
@@ -205,21 +224,12 @@ export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_M
     if (typeof rawLifetime !== "number" || !Number.isFinite(rawLifetime) || rawLifetime <= 0) {
       throw invalidResponse(target, `with expires_in ${JSON.stringify(body.expires_in)}, not a positive number of seconds`);
     }
-    let lifetime = rawLifetime;
-    if (lifetime > MAX_LIFETIME_SECONDS) {
-      // Not believed, so the documented bound takes its place: Databricks derives a token's
-      // lifetime from the federated JWT's ("Authenticate with an identity provider token"), so
-      // the token dies with the JWT at the latest — trusting the day would serve it dead.
-      const jwtLeft = subjectExpiresAt === undefined ? MAX_LIFETIME_SECONDS : Math.max(0, (subjectExpiresAt - sentAt) / 1000);
-      lifetime = Math.min(MAX_LIFETIME_SECONDS, jwtLeft);
-      log.warn("Databricks token lifetime beyond one day is not believed; capping it", { target: target.name, expiresIn: rawLifetime, cap: Math.floor(lifetime) });
-    }
     return {
       accessToken,
       tokenType: "Bearer",
       scope: typeof body.scope === "string" ? body.scope : target.scope,
       issuedAt: sentAt,
-      expiresAt: sentAt + Math.floor(lifetime * 1000),
+      expiresAt: sentAt + Math.floor(believedLifetime(target, rawLifetime, subject, sentAt) * 1000),
     };
   };
 }

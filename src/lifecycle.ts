@@ -7,14 +7,15 @@
 import type { FastifyInstance } from "fastify";
 import type { AppOptions } from "./app.js";
 import { errorAnswer, writeError } from "./answers.js";
-import { createBroker } from "./broker.js";
 import { type Config, type LogLevel, isUnrecognisedSwitch, parseConfig } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { FetchLike } from "./exchange.js";
+import { createTokenCache } from "./pipeline.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
 import type { Logger } from "./log.js";
 import { preconnect, preconnectUrls } from "./preconnect.js";
+import { logRefreshes } from "./refresh-log.js";
 import { deferStsPort, type GetWebIdentityToken } from "./sts.js";
 import type { TokenCache } from "./token-cache.js";
 
@@ -37,11 +38,6 @@ export const REFRESH_SWEEP_MS = 1_000;
 const SHUTDOWN_MARGIN_MS = 300;
 /** Part of an INVOKE's deadline kept in hand for asking for the next event in time. */
 const INVOKE_MARGIN_MS = 300;
-/**
- * How long a request held before the app is loaded waits for the prefetch to reach its
- * exchange (where the app loads): past a healthy STS round trip, well short of the STS timeout.
- */
-const APP_LOAD_DEFER_MS = 500;
 export interface RunOptions {
   env: NodeJS.ProcessEnv;
   api: ExtensionsApi;
@@ -94,22 +90,15 @@ async function idle(api: ExtensionsApi, log: Logger, enabledValue: string | unde
 async function runBroker(config: Config, { managed, events }: { managed: boolean; events: EventType[] }, log: Logger, { env, api, loadSts, fetch, now = Date.now }: RunOptions): Promise<number> {
   const snapStart = config.initializationType === "snap-start";
   const sts = deferStsPort(() => loadSts(config.region));
-  // The app (fastify) loads where the first token's path only waits: once the exchange is on
-  // the wire, or once the prefetch has settled; a held request waits a little for either.
-  let app: Promise<FastifyInstance | undefined> | undefined;
-  const appReady = () => (app ??= serve(listener, log, { config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now }));
-  const loadApp = () => void appReady();
-  const exchangeFetch: FetchLike = (input, init) => {
-    const answer = fetch(input, init);
-    setImmediate(loadApp);
-    return answer;
-  };
-  const cache = createBroker(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch: exchangeFetch, log, now });
+  const cache = createTokenCache(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch, log, now, onRefresh: logRefreshes(log) });
   if (snapStart) cache.suspend(SNAPSTART_INIT);
+  // Requests that arrive before the app is loaded are held by the listener, then answered by it.
+  let app: Promise<FastifyInstance | undefined> | undefined;
+  const loadApp = () => (app ??= serve(listener, log, { config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now }));
 
   let listener: Listener;
   try {
-    listener = await listenOnLoopback(config.port, () => setTimeout(loadApp, APP_LOAD_DEFER_MS).unref());
+    listener = await listenOnLoopback(config.port);
   } catch (err) {
     const why = cannotListen(err, config.port);
     log.error("cannot listen; failing the function's init", { error: why });
@@ -129,18 +118,18 @@ async function runBroker(config: Config, { managed, events }: { managed: boolean
   if (snapStart) {
     // No token before the snapshot (SPEC §4), but the SDK and the app are in it, loaded.
     const sdk = sts.load().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
-    await Promise.all([sdk, appReady()]);
+    await Promise.all([sdk, loadApp()]);
   }
-  // Once the first `event/next` is out, Lambda's init is over: the prefetch and the warm-up of
-  // the token endpoints' connections (preconnect.ts) no longer hold it up.
+  // Once the first `event/next` is out, Lambda's init is over: the prefetch, the warm-up of the
+  // token endpoints' connections (preconnect.ts) and the app's loading no longer hold it up.
   const startServing = once(() => {
-    if (snapStart) return;
-    cache.refreshDue();
-    void preconnect(fetch, preconnectUrls(config.targets.values()), log);
-    // A prefetch that ended before any exchange (STS refused, say) frees the CPU for the app.
-    void cache.settled().then(loadApp);
+    if (!snapStart) {
+      cache.refreshDue();
+      void preconnect(fetch, preconnectUrls(config.targets.values()), log);
+    }
+    void loadApp();
   });
-  return handleEvents({ api, cache, log, now, snapStart, managed, listener, app: appReady, startServing });
+  return handleEvents({ api, cache, log, now, snapStart, managed, listener, app: loadApp, startServing });
 }
 
 /** `fn` on its first call only. */

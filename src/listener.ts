@@ -102,14 +102,14 @@ const NO_IPV6 = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 
 /**
  * Listens on 127.0.0.1 (`port`, or a free one for 0); `listenOnIpv6` adds ::1 on the same port, so
- * a client's `localhost` reaches the broker either way. `onHeld` runs when a first request is held.
+ * a client's `localhost` reaches the broker either way. Requests are held until `serve`.
  */
-export async function listenOnLoopback(port: number, onHeld?: () => void): Promise<Listener> {
+export async function listenOnLoopback(port: number): Promise<Listener> {
   let handler: Handler | undefined;
   const held: [http.IncomingMessage, http.ServerResponse][] = [];
   const dispatch: Handler = (req, res) => {
     if (handler) handler(req, res);
-    else if (held.push([req, res]) === 1) onHeld?.();
+    else held.push([req, res]);
   };
 
   const first = createServer(dispatch);

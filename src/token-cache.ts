@@ -10,10 +10,8 @@
  */
 import { LRUCache } from "lru-cache";
 import type { Target } from "./config.js";
-import { diagnoseRefreshFailure, formatCheck } from "./diagnosis.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
-import { fingerprint, type Logger } from "./log.js";
 
 export type TokenSource = (target: Target, signal?: AbortSignal) => Promise<AccessToken>;
 
@@ -33,15 +31,19 @@ export const COOLDOWN_MS = 30_000;
  * served this token instead of causing one exchange per request.
  */
 export const FRESH_ENOUGH_MS = 5_000;
-/** Where the layer puts the CLI (SPEC §1 layer tree), for the diagnosis to point at. */
-export const DOCTOR_COMMAND = "node /opt/databricks-token-broker/cli.mjs doctor";
+
+/** How one upstream attempt ended, for the caller to log or count; never sent anywhere by the cache. */
+export type RefreshOutcome =
+  | { ok: true; target: string; at: number; token: AccessToken; ms: number }
+  | { ok: false; target: string; at: number; error: BrokerError; failures: number; retryInMs: number };
 
 export interface TokenCacheOptions {
   targets: ReadonlyMap<string, Target>;
   source: TokenSource;
   refreshAheadSeconds: number;
   minTtlSeconds: number;
-  log: Logger;
+  /** Called once per upstream attempt, after the cache's own state is updated. */
+  onRefresh?: (outcome: RefreshOutcome) => void;
   /** Wall clock, Unix ms, read afresh each time: a monotonic reading is wrong after a freeze. */
   now?: () => number;
   /** Jitter source in [0, 1). */
@@ -89,13 +91,11 @@ export class TokenCache {
   readonly #source: TokenSource;
   readonly #refreshAheadMs: number;
   readonly #minTtlMs: number;
-  readonly #log: Logger;
+  readonly #onRefresh: (outcome: RefreshOutcome) => void;
   readonly #now: () => number;
   readonly #random: () => number;
   readonly #sleep: (ms: number) => Promise<void>;
   readonly #state = new Map<string, KeyState>();
-  /** `key\0code` of every failure already diagnosed in the log. */
-  readonly #diagnosed = new Set<string>();
   readonly #cache: LRUCache<string, AccessToken>;
   #suspended: BrokerError | undefined;
 
@@ -104,7 +104,7 @@ export class TokenCache {
     this.#source = o.source;
     this.#refreshAheadMs = o.refreshAheadSeconds * 1000;
     this.#minTtlMs = o.minTtlSeconds * 1000;
-    this.#log = o.log;
+    this.#onRefresh = o.onRefresh ?? (() => {});
     this.#now = o.now ?? Date.now;
     this.#random = o.random ?? Math.random;
     this.#sleep = o.sleep ?? defaultSleep;
@@ -170,67 +170,48 @@ export class TokenCache {
   /** One upstream attempt; lru-cache merges concurrent callers, and callers respect the backoff. */
   async #load(key: string, signal: AbortSignal, options: LRUCache.FetcherFetchOptions<string, AccessToken>): Promise<AccessToken> {
     const target = this.#byKey.get(key);
-    const st = this.#stateOf(key);
     if (!target) throw new Error(`unknown key ${key}`);
     const started = this.#now();
+    let token: AccessToken;
     try {
-      const token = await this.#source(target, signal);
-      const now = this.#now();
-      if (token.expiresAt - now <= this.#minTtlMs) {
-        throw new BrokerError(
-          "ERR_TOKEN_LIFETIME_TOO_SHORT",
-          `Databricks issued a token that lives ${Math.round((token.expiresAt - token.issuedAt) / 1000)} s, not more than DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (${this.#minTtlMs / 1000} s), so it could never be served`,
-          { step: "token", retryable: false, hint: "lower DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (and DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS) below the token lifetime" },
-        );
-      }
-      options.ttl = Math.max(1, this.#refreshAt(token) - now);
-      st.failures = 0;
-      st.nextAttemptAt = 0;
-      st.lastRefreshAt = now;
-      st.refreshes += 1;
-      this.#log.info("token refreshed", {
-        target: target.name,
-        token: fingerprint(token.accessToken),
-        expiresOn: Math.floor(token.expiresAt / 1000),
-        expiresIn: Math.floor((token.expiresAt - now) / 1000),
-        ms: now - started,
-      });
-      return token;
+      token = this.#checkLifetime(await this.#source(target, signal));
     } catch (err) {
-      const e = isBrokerError(err)
-        ? err
-        : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", `refresh failed: ${(err as Error)?.message ?? String(err)}`, { step: "token", retryable: true, cause: err });
-      const now = this.#now();
-      st.failures += 1;
-      st.lastError = e;
-      st.lastErrorAt = now;
-      st.nextAttemptAt = now + (e.retryable ? this.#backoffMs(st.failures, e.retryAfterMs) : COOLDOWN_MS);
-      const log = e.retryable ? this.#log.warn : this.#log.error;
-      log("token refresh failed", {
-        target: target.name,
-        step: e.step,
-        code: e.code,
-        upstreamCode: e.upstreamCode,
-        retryable: e.retryable,
-        failures: st.failures,
-        retryInMs: st.nextAttemptAt - now,
-        error: e.message,
-        hint: e.hint,
-      });
-      // The doctor's checklist, once per target and code: enough to act on without flooding
-      // the log through a long outage (every failure still logs the line above).
-      const seen = `${key}\u0000${e.code}`;
-      if (!this.#diagnosed.has(seen)) {
-        this.#diagnosed.add(seen);
-        log("diagnosis", {
-          target: target.name,
-          summary: e.summary(),
-          checks: diagnoseRefreshFailure(e, target.name).flatMap((c) => formatCheck(c).split("\n")),
-          doctor: DOCTOR_COMMAND,
-        });
-      }
-      throw e;
+      throw this.#failed(target, key, err);
     }
+    const now = this.#now();
+    options.ttl = Math.max(1, this.#refreshAt(token) - now);
+    const st = this.#stateOf(key);
+    st.failures = 0;
+    st.nextAttemptAt = 0;
+    st.lastRefreshAt = now;
+    st.refreshes += 1;
+    this.#onRefresh({ ok: true, target: target.name, at: now, token, ms: now - started });
+    return token;
+  }
+
+  /** A token that would be under the minimum TTL as soon as it arrives could never be served. */
+  #checkLifetime(token: AccessToken): AccessToken {
+    if (token.expiresAt - this.#now() > this.#minTtlMs) return token;
+    throw new BrokerError(
+      "ERR_TOKEN_LIFETIME_TOO_SHORT",
+      `Databricks issued a token that lives ${Math.round((token.expiresAt - token.issuedAt) / 1000)} s, not more than DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (${this.#minTtlMs / 1000} s), so it could never be served`,
+      { step: "token", retryable: false, hint: "lower DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (and DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS) below the token lifetime" },
+    );
+  }
+
+  /** Records a failed attempt and when the next may start: backoff when retryable, else the cooldown. */
+  #failed(target: Target, key: string, err: unknown): BrokerError {
+    const e = isBrokerError(err)
+      ? err
+      : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", `refresh failed: ${(err as Error)?.message ?? String(err)}`, { step: "token", retryable: true, cause: err });
+    const now = this.#now();
+    const st = this.#stateOf(key);
+    st.failures += 1;
+    st.lastError = e;
+    st.lastErrorAt = now;
+    st.nextAttemptAt = now + (e.retryable ? this.#backoffMs(st.failures, e.retryAfterMs) : COOLDOWN_MS);
+    this.#onRefresh({ ok: false, target: target.name, at: now, error: e, failures: st.failures, retryInMs: st.nextAttemptAt - now });
+    return e;
   }
 
   #servable(t: AccessToken, minTtlMs: number): boolean {

@@ -25,7 +25,6 @@ function setup(fail?: () => BrokerError, session: { token: string | undefined } 
     targets: parsed.config.targets,
     refreshAheadSeconds: 600,
     minTtlSeconds: 120,
-    log: silentLogger,
     now: () => clock.t,
     source: async (target): Promise<AccessToken> => {
       if (fail) throw fail();
@@ -253,7 +252,6 @@ describe("how long a request waits", () => {
       targets: parsed.config.targets,
       refreshAheadSeconds: 600,
       minTtlSeconds: 120,
-      log: silentLogger,
       now: () => clock.t,
       // The fake clock moves instead of real time passing.
       sleep: async (ms) => {

@@ -7,14 +7,14 @@ import { STSClient } from "@aws-sdk/client-sts";
 import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildApp } from "../src/app.js";
-import { createBroker } from "../src/broker.js";
+import { createTokenCache } from "../src/pipeline.js";
 import { roleFromCaller } from "../src/cli/aws.js";
 import { federationPolicyCommand, putRolePolicyCommand, shellQuote } from "../src/cli/policies.js";
 import { parseConfig, type Target } from "../src/config.js";
 import { decodeJwtClaims, diagnoseRefreshFailure, explainExchangeFailure, formatCheck } from "../src/diagnosis.js";
 import { BrokerError } from "../src/errors.js";
 import { createLogger } from "../src/log.js";
-import { DOCTOR_COMMAND } from "../src/token-cache.js";
+import { DOCTOR_COMMAND, logRefreshes } from "../src/refresh-log.js";
 import { CLIENT_ID } from "./stack.js";
 import { startDatabricks, type DatabricksStandIn } from "./standins/databricks.js";
 import { startSts, type StsStandIn } from "./standins/sts.js";
@@ -145,7 +145,7 @@ describe("inside the extension", () => {
     // The stand-ins keep real time; the broker's clock jumps past its 30 s cooldown between tries.
     const clock = { offset: 0 };
     const now = () => Date.now() + clock.offset;
-    const cache = createBroker(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log, now });
+    const cache = createTokenCache(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log, now, onRefresh: logRefreshes(log) });
     return { sts, db, cache, config: parsed.config, lines, raw, clock, now, log };
   }
 

@@ -28,16 +28,16 @@ const answering = (status: number, body: string) =>
 describe("Databricks exchange", () => {
   it("bounds a lifetime too long to believe by the JWT's expiry, which Databricks derives it from", async () => {
     const exchange = answering(200, JSON.stringify({ access_token: "dapi-x", token_type: "Bearer", expires_in: 1e12 }));
-    expect((await exchange(target, "j.w.t", undefined, T0 + 300_000)).expiresAt).toBe(T0 + 300_000);
+    expect((await exchange(target, { jwt: "j.w.t", expiresAt: T0 + 300_000 })).expiresAt).toBe(T0 + 300_000);
     // A believable lifetime is taken as given (SPEC §3), JWT or no JWT.
     const plain = answering(200, JSON.stringify({ access_token: "dapi-x", token_type: "Bearer", expires_in: 3600 }));
-    expect((await plain(target, "j.w.t", undefined, T0 + 300_000)).expiresAt).toBe(T0 + 3_600_000);
-    expect((await exchange(target, "j.w.t")).expiresAt).toBe(T0 + MAX_LIFETIME_SECONDS * 1000);
+    expect((await plain(target, { jwt: "j.w.t", expiresAt: T0 + 300_000 })).expiresAt).toBe(T0 + 3_600_000);
+    expect((await exchange(target, { jwt: "j.w.t" })).expiresAt).toBe(T0 + MAX_LIFETIME_SECONDS * 1000);
   });
 
   it("never quotes a 200 body it cannot use: cut short, it still carries the token", async () => {
     const token = "dapi0123456789abcdef0123456789abcdef";
-    const err = (await answering(200, `{"access_token":"${token}","expires_in":36`)(target, "j.w.t").catch((e: unknown) => e)) as Error & { code: string; hint: string };
+    const err = (await answering(200, `{"access_token":"${token}","expires_in":36`)(target, { jwt: "j.w.t" }).catch((e: unknown) => e)) as Error & { code: string; hint: string };
     expect(err.code).toBe("ERR_EXCHANGE_INVALID_RESPONSE");
     expect(`${err.message} ${err.hint}`).not.toContain(token.slice(0, 8));
     expect(err.message).toMatch(/malformed or cut-short JSON, \d+ bytes/);

@@ -37,7 +37,6 @@ function setup() {
     targets: parsed.config.targets,
     refreshAheadSeconds: REFRESH_AHEAD_S,
     minTtlSeconds: MIN_TTL_S,
-    log: silentLogger,
     now: () => clock.t,
     // Each fetch waits for the test to answer it.
     source: () => new Promise<AccessToken>((resolve, reject) => pending.push({ resolve, reject })),

@@ -5,7 +5,7 @@
 import { STSClient } from "@aws-sdk/client-sts";
 import { webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
-import { createBroker } from "../src/broker.js";
+import { createTokenCache } from "../src/pipeline.js";
 import { parseConfig } from "../src/config.js";
 import { silentLogger } from "../src/log.js";
 import { CLIENT_ID } from "./stack.js";
@@ -39,7 +39,7 @@ async function setup(env: Record<string, string> = {}, stsOptions: Parameters<ty
     credentials: EXAMPLE_CREDENTIALS,
     ...clientOptions,
   });
-  const cache = createBroker(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log: silentLogger });
+  const cache = createTokenCache(parsed.config, { getWebIdentityToken: webIdentityTokenPort(client), fetch: (u, i) => fetch(u, i), log: silentLogger });
   return { sts, db, cache };
 }
 

@@ -2,8 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Target } from "../src/config.js";
 import { BrokerError } from "../src/errors.js";
 import type { AccessToken } from "../src/exchange.js";
-import { silentLogger } from "../src/log.js";
-import { BACKOFF_CAP_MS, COOLDOWN_MS, TokenCache } from "../src/token-cache.js";
+import { BACKOFF_CAP_MS, COOLDOWN_MS, type RefreshOutcome, TokenCache } from "../src/token-cache.js";
 
 const target: Target = Object.freeze({
   name: "default",
@@ -38,12 +37,13 @@ function setup(opts: { lifetimeS?: number; refreshAheadS?: number; minTtlS?: num
     seq += 1;
     return { accessToken: `tok-${seq}`, tokenType: "Bearer", scope: "all-apis", issuedAt: sentAt, expiresAt: sentAt + control.lifetimeS * 1000 };
   };
+  const outcomes: RefreshOutcome[] = [];
   const cache = new TokenCache({
     targets: new Map([["default", target]]),
     source,
+    onRefresh: (o) => outcomes.push(o),
     refreshAheadSeconds: opts.refreshAheadS ?? 600,
     minTtlSeconds: opts.minTtlS ?? 120,
-    log: silentLogger,
     now,
     random: () => 0.5,
     sleep: async (ms) => {
@@ -51,10 +51,25 @@ function setup(opts: { lifetimeS?: number; refreshAheadS?: number; minTtlS?: num
     },
   });
   const get = (minTtlSeconds?: number) => cache.get("default", { waitMs: 10_000, ...(minTtlSeconds === undefined ? {} : { minTtlSeconds }) });
-  return { clock, calls, control, cache, get };
+  return { clock, calls, control, cache, get, outcomes };
 }
 
 describe("TokenCache", () => {
+  it("reports each upstream attempt's outcome to onRefresh: a failure with its count and the wait before the next", async () => {
+    const { clock, control, get, outcomes } = setup();
+    const t0 = clock.t;
+    control.fail = transient;
+    await expect(get()).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE" });
+    expect(outcomes.length).toBeGreaterThan(1);
+    outcomes.forEach((o, i) => expect(o).toMatchObject({ ok: false, target: "default", failures: i + 1, error: { code: "ERR_EXCHANGE_UNAVAILABLE" } }));
+    expect(outcomes[0]).toMatchObject({ at: t0, retryInMs: 375 }); // equal jitter of the first 500 ms step, random 0.5
+    control.fail = undefined;
+    outcomes.length = 0;
+    clock.t += BACKOFF_CAP_MS;
+    const token = await get();
+    expect(outcomes).toEqual([{ ok: true, target: "default", at: clock.t, token, ms: 0 }]);
+  });
+
   it("fetches once, then serves from the cache", async () => {
     const { calls, get } = setup();
     const a = await get();

@@ -164,7 +164,7 @@ describe("Databricks exchange", () => {
 
   it("posts the RFC 8693 form and counts expiry from the request", async () => {
     const { exchange, seen } = exchangeWith(() => json(200, { access_token: "dapi-opaque", token_type: "Bearer", expires_in: 3600, scope: "all-apis" }));
-    const t = await exchange(target, "the.jwt.here");
+    const t = await exchange(target, { jwt: "the.jwt.here" });
     expect(t).toEqual({ accessToken: "dapi-opaque", tokenType: "Bearer", scope: "all-apis", issuedAt: T0, expiresAt: T0 + 3_600_000 });
     expect(seen[0]?.url).toBe(target.tokenEndpoint);
     const form = new URLSearchParams(seen[0]?.init.body as string);
@@ -180,7 +180,7 @@ describe("Databricks exchange", () => {
 
   it("omits client_id for an account-wide policy", async () => {
     const { exchange, seen } = exchangeWith(() => json(200, { access_token: "a", token_type: "Bearer", expires_in: 60 }));
-    await exchange({ ...target, clientId: undefined }, "j.w.t");
+    await exchange({ ...target, clientId: undefined }, { jwt: "j.w.t" });
     expect(new URLSearchParams(seen[0]?.init.body as string).has("client_id")).toBe(false);
   });
 
@@ -193,28 +193,28 @@ describe("Databricks exchange", () => {
     [503, { error: "temporarily_unavailable" }, "ERR_EXCHANGE_UNAVAILABLE", true, "temporarily_unavailable"],
   ])("maps %i %o to %s", async (status, body, code, retryable, upstream) => {
     const { exchange } = exchangeWith(() => json(status, body));
-    const err = await exchange(target, "j.w.t").catch((e: unknown) => e);
+    const err = await exchange(target, { jwt: "j.w.t" }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code, retryable, upstreamCode: upstream, step: "exchange" });
     expect((err as { hint?: string }).hint).toBeTruthy();
   });
 
   it("honours Retry-After on 429, within a bound", async () => {
     const { exchange } = exchangeWith(() => json(429, {}, { "retry-after": "7" }));
-    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 7000 });
+    await expect(exchange(target, { jwt: "j.w.t" })).rejects.toMatchObject({ retryAfterMs: 7000 });
     const { exchange: hostile } = exchangeWith(() => json(429, {}, { "retry-after": "999999" }));
-    await expect(hostile(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 60_000 });
+    await expect(hostile(target, { jwt: "j.w.t" })).rejects.toMatchObject({ retryAfterMs: 60_000 });
   });
 
   it("honours Retry-After given as an HTTP date (RFC 9110 §10.2.3), counted from the answer", async () => {
     const at = (ms: number) => new Date(T0 + ms).toUTCString();
     const { exchange } = exchangeWith(() => json(429, {}, { "retry-after": at(7_000) }));
-    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", retryAfterMs: 7_000 });
+    await expect(exchange(target, { jwt: "j.w.t" })).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", retryAfterMs: 7_000 });
     const { exchange: overlong } = exchangeWith(() => json(503, { error: "temporarily_unavailable" }, { "retry-after": at(86_400_000) }));
-    await expect(overlong(target, "j.w.t")).rejects.toMatchObject({ retryAfterMs: 60_000 });
+    await expect(overlong(target, { jwt: "j.w.t" })).rejects.toMatchObject({ retryAfterMs: 60_000 });
     // A date already past, or no date at all, asks for no wait: the backoff alone applies.
     for (const value of [at(-5_000), "Wed, 31 Foo 2026 99:99:99 GMT", "soon"]) {
       const { exchange: odd } = exchangeWith(() => json(429, {}, { "retry-after": value }));
-      const err = (await odd(target, "j.w.t").catch((e: unknown) => e)) as { retryAfterMs?: number; code: string };
+      const err = (await odd(target, { jwt: "j.w.t" }).catch((e: unknown) => e)) as { retryAfterMs?: number; code: string };
       expect(err.code).toBe("ERR_EXCHANGE_UNAVAILABLE");
       expect(err.retryAfterMs).toBeUndefined();
     }
@@ -232,12 +232,12 @@ describe("Databricks exchange", () => {
     ["oversized body", () => new Response("x".repeat(MAX_BODY_BYTES + 1), { status: 200 })],
   ])("refuses a 200 with %s as an invalid response", async (_what, answer) => {
     const { exchange } = exchangeWith(answer);
-    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_INVALID_RESPONSE", step: "exchange", retryable: true });
+    await expect(exchange(target, { jwt: "j.w.t" })).rejects.toMatchObject({ code: "ERR_EXCHANGE_INVALID_RESPONSE", step: "exchange", retryable: true });
   });
 
   it("does not believe an absurd lifetime", async () => {
     const { exchange } = exchangeWith(() => json(200, { access_token: "a", expires_in: 1e300 }));
-    expect((await exchange(target, "j.w.t")).expiresAt).toBe(T0 + MAX_LIFETIME_SECONDS * 1000);
+    expect((await exchange(target, { jwt: "j.w.t" })).expiresAt).toBe(T0 + MAX_LIFETIME_SECONDS * 1000);
   });
 
   it("times out a slow endpoint", async () => {
@@ -247,7 +247,7 @@ describe("Databricks exchange", () => {
       log: silentLogger,
       timeoutMs: 30,
     });
-    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "timeout", retryable: true });
+    await expect(exchange(target, { jwt: "j.w.t" })).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "timeout", retryable: true });
   });
 
   it("reports a refused connection as transient", async () => {
@@ -258,13 +258,13 @@ describe("Databricks exchange", () => {
       now: () => T0,
       log: silentLogger,
     });
-    await expect(exchange(target, "j.w.t")).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "ECONNREFUSED", retryable: true });
+    await expect(exchange(target, { jwt: "j.w.t" })).rejects.toMatchObject({ code: "ERR_EXCHANGE_UNAVAILABLE", upstreamCode: "ECONNREFUSED", retryable: true });
   });
 
   it("never puts the JWT into an error", async () => {
     const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcm4ifQ.sig";
     const { exchange } = exchangeWith(() => json(400, { error: "invalid_grant", error_description: `bad token ${jwt}` }));
-    const err = (await exchange(target, jwt).catch((e: unknown) => e)) as Error;
+    const err = (await exchange(target, { jwt }).catch((e: unknown) => e)) as Error;
     expect(err.message).toContain("bad token");
     const { createLogger } = await import("../src/log.js");
     const lines: string[] = [];

@@ -6,6 +6,7 @@ import type { Config, Target } from "./config.js";
 import { explainExchangeFailure } from "./diagnosis.js";
 import { isBrokerError } from "./errors.js";
 import { createExchange, type FetchLike } from "./exchange.js";
+import type { Logger } from "./log.js";
 import { createStsSource, type GetWebIdentityToken } from "./sts.js";
 import { TokenCache, type TokenCacheOptions, type TokenSource } from "./token-cache.js";
 
@@ -37,15 +38,16 @@ async function retryStaleOnce<T>(step: () => Promise<T>, also: (err: unknown) =>
   }
 }
 
-/** The pipeline's side effects; the clock, jitter and sleep go on to the cache as given. */
-export interface BrokerDeps extends Pick<TokenCacheOptions, "log" | "now" | "random" | "sleep"> {
+/** The pipeline's side effects; the clock, jitter, sleep and outcome callback go on to the cache as given. */
+export interface PipelineDeps extends Pick<TokenCacheOptions, "now" | "random" | "sleep" | "onRefresh"> {
   /** The STS port (sts.ts). */
   getWebIdentityToken: GetWebIdentityToken;
   fetch: FetchLike;
+  log: Logger;
 }
 
 /** Builds the token cache for `config`, with a fresh STS JWT for every exchange. */
-export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
+export function createTokenCache(config: Config, deps: PipelineDeps): TokenCache {
   const now = deps.now ?? Date.now;
   const getJwt = createStsSource({
     getWebIdentityToken: deps.getWebIdentityToken,
@@ -59,10 +61,10 @@ export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
   // A JWT is never sent twice, not even by the retry after a stale connection: an answer cut
   // after Databricks did the exchange makes a resend a replay, refused as invalid_grant.
   const exchangeFreshJwt = async (target: Target, signal?: AbortSignal) => {
-    const { jwt, expiresAt: jwtExpiresAt } = await retryStaleOnce(() => getJwt(signal));
-    return exchange(target, jwt, signal, jwtExpiresAt).catch((err: unknown) => {
+    const subject = await retryStaleOnce(() => getJwt(signal));
+    return exchange(target, subject, signal).catch((err: unknown) => {
       // The JWT's claims turn "no policy matched" into the policy values to set.
-      throw explainExchangeFailure(err, jwt, target);
+      throw explainExchangeFailure(err, subject.jwt, target);
     });
   };
   // STS's own stale retry is inside; this one is for the exchange's, so STS is not retried twice over.
@@ -73,9 +75,9 @@ export function createBroker(config: Config, deps: BrokerDeps): TokenCache {
     source,
     refreshAheadSeconds: config.refreshAheadSeconds,
     minTtlSeconds: config.minTtlSeconds,
-    log: deps.log,
     now,
-    ...(deps.random ? { random: deps.random } : {}),
-    ...(deps.sleep ? { sleep: deps.sleep } : {}),
+    random: deps.random,
+    sleep: deps.sleep,
+    onRefresh: deps.onRefresh,
   });
 }
