@@ -5,14 +5,15 @@
  * marked with how it went and, when it failed, how to fix it. It never prints a token.
  */
 import { type Config, type ConfigWarning, parseConfig, type Target } from "../config.js";
-import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type Check, type JwtClaims } from "../diagnosis.js";
+import { decodeJwtClaims, explainExchangeFailure, failedCheck, formatCheck, type Check } from "../diagnosis.js";
 import { BrokerError, isBrokerError } from "../errors.js";
-import { createExchange, type AccessToken, type FetchLike } from "../exchange.js";
+import { createExchange, type AccessToken, type Exchange, type FetchLike } from "../exchange.js";
 import { fingerprint, redact, silentLogger } from "../log.js";
 import { createStsSource, type StsJwt, type StsSource } from "../sts.js";
 import type { DoctorArgs } from "./args.js";
-import { type AwsClients, callerArn, describeAwsError, getFederationState, roleFromCaller } from "./aws.js";
-import { executionRolePolicy, roleNameOf } from "./policies.js";
+import { type AwsClients, describeAwsError, getFederationState } from "./aws.js";
+import { claimChecks, expectedSubject } from "./doctor-claims.js";
+import { executionRolePolicy } from "./policies.js";
 
 export interface DoctorDeps {
   env: NodeJS.ProcessEnv;
@@ -47,15 +48,40 @@ class Checklist {
     // Upstream messages are quoted into details; none may carry a JWT out.
     this.checks.push({ ...c, detail: redact(c.detail), ...(c.fix !== undefined ? { fix: redact(c.fix) } : {}) });
   }
-  /** Marks every step from `from` on that has no check yet as not reached. */
-  skipFrom(from: Step): void {
+  /** Ends the run at `from`: it and every later step that has no check yet are reported as not reached. */
+  stopAt(from: Step): DoctorReport {
     for (const step of STEPS.slice(STEPS.indexOf(from))) {
       if (!this.checks.some((c) => c.step === step)) this.add({ step, status: "skip", detail: "not reached: fix the failed step above first" });
     }
+    return this.report();
   }
   report(): DoctorReport {
     return { ok: !this.checks.some((c) => c.status === "fail"), checks: this.checks };
   }
+}
+
+/** Runs the chain once; every outcome, failure included, is a check in the report. */
+export async function runDoctor(args: DoctorArgs & { region?: string | undefined }, deps: DoctorDeps): Promise<DoctorReport> {
+  const now = deps.now ?? Date.now;
+  const list = new Checklist();
+  const env: NodeJS.ProcessEnv = { ...deps.env, ...(args.region !== undefined ? { AWS_REGION: args.region } : {}) };
+
+  const config = configStep(list, env);
+  if (!config) return list.stopAt("federation");
+  const clients = deps.clients(config.region);
+  const issuer = await federationStep(list, clients.iam);
+  const getJwt = stsSourceFor(config, clients, now);
+  const first = await stsStep(list, getJwt, config, now);
+  if (!first) return list.stopAt("claims.iss");
+  const claims = decodeJwtClaims(first.jwt);
+  if (!claims) {
+    list.add({ step: "claims.iss", status: "fail", detail: "STS answered a token whose payload is not JSON", fix: "check AWS_ENDPOINT_URL_STS if it is set" });
+    return list.stopAt("claims.aud");
+  }
+  const expected = await expectedSubject(args, clients);
+  for (const check of claimChecks(claims, { config, issuer, expected, nowMs: now() })) list.add(check);
+  await exchangeSteps(list, { config, getJwt, first, fetch: deps.fetch, now });
+  return list.report();
 }
 
 function describeConfig(config: Config): string {
@@ -65,87 +91,177 @@ function describeConfig(config: Config): string {
   return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}`;
 }
 
-/** The role the federation policy should name: `--role-arn`, else the role of the current session. */
-async function expectedSubject(args: DoctorArgs, clients: AwsClients): Promise<{ arn: string | undefined; note: string }> {
-  if (args.roleArn !== undefined) return { arn: args.roleArn, note: "--role-arn" };
+/** The `configuration` step: the configuration, or undefined once the step's failure is in `list`. */
+function configStep(list: Checklist, env: NodeJS.ProcessEnv): Config | undefined {
+  let config: Config;
+  let warnings: readonly ConfigWarning[];
   try {
-    const derived = roleFromCaller(await callerArn(clients.sts));
-    return { arn: derived.roleArn, note: derived.roleArn ? "the current session's role" : derived.note };
+    // The doctor checks the chain even where the switch is off (on a laptop, say), and says so.
+    const parsed = parseConfig({ ...env, [`${P}ENABLED`]: "true" });
+    if (!parsed.enabled) throw new Error("parseConfig ignored the switch");
+    config = parsed.config;
+    warnings = parsed.warnings;
   } catch (err) {
-    const p = describeAwsError(err, "sts:GetCallerIdentity");
-    return { arn: undefined, note: `the current identity could not be read (${p.code}: ${p.message})` };
+    if (!isBrokerError(err)) throw err;
+    list.add({ step: "configuration", status: "fail", detail: err.message, ...(err.hint ? { fix: err.hint } : {}) });
+    return undefined;
+  }
+  list.add({ step: "configuration", status: "pass", detail: describeConfig(config) });
+  if (!parseConfig(env).enabled) {
+    list.add({
+      step: "configuration",
+      status: "warn",
+      detail: `${P}ENABLED is ${env[`${P}ENABLED`] === undefined ? "not set" : JSON.stringify(env[`${P}ENABLED`])}: in Lambda the extension would stay idle (checked here as if it were true)`,
+      fix: `set ${P}ENABLED=true on the function`,
+    });
+  }
+  // The same warnings the extension logs at init, the SDKs' variables among them.
+  for (const w of warnings) list.add({ step: "configuration", status: "warn", detail: w.detail, fix: w.fix });
+  return config;
+}
+
+/** The `federation` step: the account's issuer URL, when IAM reports it. */
+async function federationStep(list: Checklist, iam: AwsClients["iam"]): Promise<string | undefined> {
+  try {
+    const state = await getFederationState(iam);
+    if (state.enabled) {
+      list.add({ step: "federation", status: "pass", detail: `outbound web identity federation is enabled; issuer URL ${state.issuer ?? "(not reported)"}` });
+      return state.issuer;
+    }
+    list.add({
+      step: "federation",
+      status: "fail",
+      detail: "outbound web identity federation is disabled for this AWS account",
+      fix: "databricks-token-broker setup --enable (as an account administrator), or aws iam enable-outbound-web-identity-federation",
+    });
+  } catch (err) {
+    const p = describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo");
+    // Execution roles rarely may read IAM, so a denial here is expected, not a fault.
+    list.add({
+      step: "federation",
+      status: p.code === "AccessDenied" ? "skip" : "warn",
+      detail: `the account's federation state could not be read (${p.code}: ${p.message}); the STS step below shows it`,
+      ...(p.code === "AccessDenied" ? {} : { fix: p.fix }),
+    });
+  }
+  return undefined;
+}
+
+/** The JWTs as the broker gets them, without its logging. */
+function stsSourceFor(config: Config, clients: AwsClients, now: () => number): StsSource {
+  return createStsSource({
+    getWebIdentityToken: clients.getWebIdentityToken,
+    audience: config.audience,
+    signingAlgorithm: config.signingAlgorithm,
+    durationSeconds: config.stsDurationSeconds,
+    log: silentLogger,
+    now,
+  });
+}
+
+/** The `sts` step: the first JWT, or undefined once the step's failure is in `list`. */
+async function stsStep(list: Checklist, getJwt: StsSource, config: Config, now: () => number): Promise<StsJwt | undefined> {
+  let first: StsJwt;
+  try {
+    first = await getJwt();
+  } catch (err) {
+    // The source rejects with BrokerErrors only.
+    const e = err as BrokerError;
+    const check = failedCheck(e);
+    const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
+    if (e.code === "ERR_STS_ACCESS_DENIED") {
+      list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
+    } else if (e.code === "ERR_STS_CREDENTIALS" || ["NoCredentials", "NoRegion"].includes(credentials.code)) {
+      // The CLI's own credentials and clock, not the Lambda session the broker's hint speaks of.
+      list.add({ ...check, fix: credentials.fix });
+    } else {
+      list.add(check);
+    }
+    return undefined;
+  }
+  const lifetime = Math.round((first.expiresAt - now()) / 1000);
+  list.add({ step: "sts", status: "pass", detail: `GetWebIdentityToken signed a ${config.signingAlgorithm} JWT that expires in ${lifetime} s` });
+  return first;
+}
+
+interface ExchangeStepsOptions {
+  readonly config: Config;
+  readonly getJwt: StsSource;
+  /** The `sts` step's JWT, for the first target. */
+  readonly first: StsJwt;
+  readonly fetch: FetchLike;
+  readonly now: () => number;
+}
+
+/** The `exchange` and `api` steps, for every target in turn. */
+async function exchangeSteps(list: Checklist, { config, getJwt, first, fetch, now }: ExchangeStepsOptions): Promise<void> {
+  const exchange = createExchange({ fetch, now, log: silentLogger });
+  let unused: StsJwt | undefined = first;
+  for (const target of config.targets.values()) {
+    // A JWT is used once: token endpoints may treat its jti as single-use.
+    const subject = unused ?? (await nextJwt(list, getJwt, target));
+    unused = undefined;
+    if (subject) await targetSteps(list, target, { subject, exchange, minTtlSeconds: config.minTtlSeconds, fetch, now });
   }
 }
 
-function checkClaims(list: Checklist, claims: JwtClaims, config: Config, issuer: string | undefined, expected: { arn: string | undefined; note: string }, asked: number, nowMs: number): void {
-  if (claims.iss === undefined) {
-    list.add({ step: "claims.iss", status: "fail", detail: "the JWT has no iss claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
-  } else if (issuer !== undefined && claims.iss !== issuer) {
-    list.add({
-      step: "claims.iss",
-      status: "fail",
-      detail: `iss ${claims.iss} is not this account's issuer URL ${issuer}`,
-      fix: "the JWT was signed by another account's or a stand-in STS (check AWS_ENDPOINT_URL_STS and the credentials' account); the federation policy's issuer must be the one the function's tokens carry",
-    });
-  } else {
-    list.add({ step: "claims.iss", status: "pass", detail: `iss ${claims.iss}${issuer !== undefined ? " (this account's issuer URL)" : ""}: the federation policy's issuer must be exactly this` });
+/** A fresh JWT for `target`, or undefined once its failure is in `list`. */
+async function nextJwt(list: Checklist, getJwt: StsSource, target: Target): Promise<StsJwt | undefined> {
+  try {
+    return await getJwt();
+  } catch (err) {
+    list.add(failedCheck(err as BrokerError, target.name));
+    return undefined;
   }
+}
 
-  if (claims.aud.includes(config.audience)) {
-    list.add({ step: "claims.aud", status: "pass", detail: `aud ${claims.aud.join(", ")}: the federation policy's audiences must include ${config.audience} (${P}AUDIENCE)` });
-  } else {
-    list.add({
-      step: "claims.aud",
-      status: "fail",
-      detail: `aud ${claims.aud.join(", ") || "(none)"} does not contain ${P}AUDIENCE ${config.audience}`,
-      fix: "STS signed for another audience than asked: check AWS_ENDPOINT_URL_STS if it is set",
-    });
-  }
+interface TargetStepsOptions {
+  readonly subject: StsJwt;
+  readonly exchange: Exchange;
+  readonly minTtlSeconds: number;
+  readonly fetch: FetchLike;
+  readonly now: () => number;
+}
 
-  const sub = claims.sub;
-  if (sub === undefined) {
-    list.add({ step: "claims.sub", status: "fail", detail: "the JWT has no sub claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
-  } else if (expected.arn === undefined) {
-    list.add({
-      step: "claims.sub",
-      status: "warn",
-      detail: `sub ${sub}; ${expected.note}`,
-      fix: "run the doctor with the execution role's credentials (a profile with role_arn, or inside the function), or pass --role-arn",
-    });
-  } else if (sub === expected.arn) {
-    list.add({ step: "claims.sub", status: "pass", detail: `sub ${sub} (${expected.note}): the federation policy's subject must be exactly this` });
-  } else if (/^arn:aws[\w-]*:iam::\d{12}:role\//.test(sub) && roleNameOf(sub) === roleNameOf(expected.arn) && sub.split(":")[4] === expected.arn.split(":")[4]) {
-    // The session ARN drops the role's path; the token keeps it.
-    list.add({ step: "claims.sub", status: "pass", detail: `sub ${sub} (the role's full ARN, with its path): the federation policy's subject must be exactly this` });
-  } else {
-    list.add({
-      step: "claims.sub",
-      status: "fail",
-      detail: `sub ${sub} is not ${expected.arn} (${expected.note})`,
-      fix:
-        expected.note === "--role-arn"
-          ? `these credentials are not a session of ${expected.arn}: run the doctor with that role's credentials (a profile with role_arn, or inside the function)`
-          : "the token names another principal than the current role; the federation policy's subject must be the execution role's ARN",
-    });
-  }
-
-  if (claims.exp === undefined) {
-    list.add({ step: "claims.exp", status: "fail", detail: "the JWT has no exp claim", fix: "STS answered an unusual token: check AWS_ENDPOINT_URL_STS if it is set" });
+/** One target's exchange, then its authenticated call with the token. */
+async function targetSteps(list: Checklist, target: Target, { subject, exchange, minTtlSeconds, fetch, now }: TargetStepsOptions): Promise<void> {
+  let token: AccessToken;
+  try {
+    // No expiresAt, as before exchange took it: tokenCheck bounds the lifetime by the JWT itself.
+    token = await exchange(target, { jwt: subject.jwt });
+  } catch (err) {
+    const subjectInDoubt = list.checks.some((c) => c.step === "claims.sub" && c.status !== "pass");
+    list.add(exchangeFailedCheck(err, target, { jwt: subject.jwt, subjectInDoubt }));
+    list.add({ step: "api", target: target.name, status: "skip", detail: "not reached: fix the exchange first" });
     return;
   }
-  const left = Math.round(claims.exp - nowMs / 1000);
-  if (left <= 0) {
-    list.add({ step: "claims.exp", status: "fail", detail: `exp is ${-left} s in the past`, fix: "this machine's clock is off: sync it (Databricks checks exp against its own clock)" });
-  } else if (left <= config.minTtlSeconds) {
-    list.add({
-      step: "claims.exp",
+  list.add(tokenCheck(target, token, { subject, minTtlSeconds, nowMs: now() }));
+  list.add(await apiCheck(target, token, fetch));
+}
+
+/** The `exchange` step's failure, with the broker's diagnosis of why Databricks refused. */
+function exchangeFailedCheck(err: unknown, target: Target, { jwt, subjectInDoubt }: { jwt: string; subjectInDoubt: boolean }): Check {
+  const e = explainExchangeFailure(err, jwt, target);
+  const check = failedCheck(isBrokerError(e) ? e : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", String(e), { step: "exchange", retryable: true }), target.name);
+  // With someone else's credentials the token's subject is theirs: a policy mismatch says nothing yet.
+  const foreign = subjectInDoubt && isBrokerError(e) && e.code === "ERR_EXCHANGE_INVALID_GRANT";
+  return foreign ? { ...check, fix: `first run the doctor with the execution role's credentials (see claims.sub): this token's subject is the current credentials'. Then: ${check.fix ?? ""}` } : check;
+}
+
+/** The `exchange` step's verdict on an issued token: could the broker serve it? */
+function tokenCheck(target: Target, token: AccessToken, { subject, minTtlSeconds, nowMs }: { subject: StsJwt; minTtlSeconds: number; nowMs: number }): Check {
+  // As the broker does: a token is not believed to outlive the JWT it came from.
+  const left = Math.round((Math.min(token.expiresAt, subject.expiresAt) - nowMs) / 1000);
+  if (left <= minTtlSeconds) {
+    return {
+      step: "exchange",
+      target: target.name,
       status: "fail",
-      detail: `exp in ${left} s, not more than ${P}MIN_TTL_SECONDS (${config.minTtlSeconds} s); a Databricks token lives no longer than the JWT it came from`,
-      fix: `raise ${P}STS_DURATION_SECONDS (and the role policy's sts:DurationSeconds with it), or lower ${P}MIN_TTL_SECONDS`,
-    });
-  } else {
-    list.add({ step: "claims.exp", status: "pass", detail: `exp in ${left} s${left < asked - 5 ? ` (asked for ${asked} s: the role session ends sooner)` : ""}` });
+      detail: `Databricks issued a token (sha256 ${fingerprint(token.accessToken)}) that lives ${left} s, not more than ${P}MIN_TTL_SECONDS (${minTtlSeconds} s), so the broker could never serve it`,
+      fix: `lower ${P}MIN_TTL_SECONDS (and ${P}REFRESH_AHEAD_SECONDS) below the token lifetime, or raise ${P}STS_DURATION_SECONDS`,
+    };
   }
+  return { step: "exchange", target: target.name, status: "pass", detail: `Databricks issued a Bearer token (sha256 ${fingerprint(token.accessToken)}) for scope ${token.scope}, valid ${left} s` };
 }
 
 /** The one authenticated call; accounts hosts have no workspace API to ask. */
@@ -188,153 +304,6 @@ async function apiCheck(target: Target, token: AccessToken, fetch: FetchLike): P
           ? "a Databricks fault; run the doctor again"
           : "DATABRICKS_HOST may not be a Databricks workspace URL",
   };
-}
-
-/** The `sts` step: the first JWT, or undefined once the step's failure is in `list`. */
-async function stsStep(list: Checklist, getJwt: StsSource, config: Config, now: () => number): Promise<StsJwt | undefined> {
-  let first: StsJwt;
-  try {
-    first = await getJwt();
-  } catch (err) {
-    // The source rejects with BrokerErrors only.
-    const e = err as BrokerError;
-    const check = failedCheck(e);
-    const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
-    if (e.code === "ERR_STS_ACCESS_DENIED") {
-      list.add({ ...check, fix: `${check.fix ?? ""}. The policy: ${JSON.stringify(executionRolePolicy({ audience: config.audience, durationSeconds: config.stsDurationSeconds }))}` });
-    } else if (e.code === "ERR_STS_CREDENTIALS" || ["NoCredentials", "NoRegion"].includes(credentials.code)) {
-      // The CLI's own credentials and clock, not the Lambda session the broker's hint speaks of.
-      list.add({ ...check, fix: credentials.fix });
-    } else {
-      list.add(check);
-    }
-    return undefined;
-  }
-  const lifetime = Math.round((first.expiresAt - now()) / 1000);
-  list.add({ step: "sts", status: "pass", detail: `GetWebIdentityToken signed a ${config.signingAlgorithm} JWT that expires in ${lifetime} s` });
-  return first;
-}
-
-/** Runs the chain once; every outcome, failure included, is a check in the report. */
-export async function runDoctor(args: DoctorArgs & { region?: string | undefined }, deps: DoctorDeps): Promise<DoctorReport> {
-  const now = deps.now ?? Date.now;
-  const list = new Checklist();
-  const env: NodeJS.ProcessEnv = { ...deps.env, ...(args.region !== undefined ? { AWS_REGION: args.region } : {}) };
-
-  // The doctor checks the chain even where the switch is off (on a laptop, say), and says so.
-  let config: Config;
-  let warnings: readonly ConfigWarning[];
-  try {
-    const parsed = parseConfig({ ...env, [`${P}ENABLED`]: "true" });
-    if (!parsed.enabled) throw new Error("parseConfig ignored the switch");
-    config = parsed.config;
-    warnings = parsed.warnings;
-  } catch (err) {
-    if (!isBrokerError(err)) throw err;
-    list.add({ step: "configuration", status: "fail", detail: err.message, ...(err.hint ? { fix: err.hint } : {}) });
-    list.skipFrom("federation");
-    return list.report();
-  }
-  list.add({ step: "configuration", status: "pass", detail: describeConfig(config) });
-  if (!parseConfig(env).enabled) {
-    list.add({
-      step: "configuration",
-      status: "warn",
-      detail: `${P}ENABLED is ${env[`${P}ENABLED`] === undefined ? "not set" : JSON.stringify(env[`${P}ENABLED`])}: in Lambda the extension would stay idle (checked here as if it were true)`,
-      fix: `set ${P}ENABLED=true on the function`,
-    });
-  }
-  // The same warnings the extension logs at init, the SDKs' variables among them.
-  for (const w of warnings) list.add({ step: "configuration", status: "warn", detail: w.detail, fix: w.fix });
-
-  const clients = deps.clients(config.region);
-  let issuer: string | undefined;
-  try {
-    const state = await getFederationState(clients.iam);
-    if (state.enabled) {
-      issuer = state.issuer;
-      list.add({ step: "federation", status: "pass", detail: `outbound web identity federation is enabled; issuer URL ${issuer ?? "(not reported)"}` });
-    } else {
-      list.add({
-        step: "federation",
-        status: "fail",
-        detail: "outbound web identity federation is disabled for this AWS account",
-        fix: "databricks-token-broker setup --enable (as an account administrator), or aws iam enable-outbound-web-identity-federation",
-      });
-    }
-  } catch (err) {
-    const p = describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo");
-    // Execution roles rarely may read IAM, so a denial here is expected, not a fault.
-    list.add({
-      step: "federation",
-      status: p.code === "AccessDenied" ? "skip" : "warn",
-      detail: `the account's federation state could not be read (${p.code}: ${p.message}); the STS step below shows it`,
-      ...(p.code === "AccessDenied" ? {} : { fix: p.fix }),
-    });
-  }
-
-  const getJwt = createStsSource({
-    getWebIdentityToken: clients.getWebIdentityToken,
-    audience: config.audience,
-    signingAlgorithm: config.signingAlgorithm,
-    durationSeconds: config.stsDurationSeconds,
-    log: silentLogger,
-    now,
-  });
-  const first = await stsStep(list, getJwt, config, now);
-  if (!first) {
-    list.skipFrom("claims.iss");
-    return list.report();
-  }
-
-  const claims = decodeJwtClaims(first.jwt);
-  if (!claims) {
-    list.add({ step: "claims.iss", status: "fail", detail: "STS answered a token whose payload is not JSON", fix: "check AWS_ENDPOINT_URL_STS if it is set" });
-    list.skipFrom("claims.aud");
-    return list.report();
-  }
-  checkClaims(list, claims, config, issuer, await expectedSubject(args, clients), config.stsDurationSeconds, now());
-
-  const exchange = createExchange({ fetch: deps.fetch, now, log: silentLogger });
-  let next: StsJwt | undefined = first;
-  for (const target of config.targets.values()) {
-    let subject: StsJwt;
-    try {
-      // A JWT is used once: token endpoints may treat its jti as single-use.
-      subject = next ?? (await getJwt());
-    } catch (err) {
-      list.add(failedCheck(err as BrokerError, target.name));
-      continue;
-    }
-    next = undefined;
-    let token: AccessToken;
-    try {
-      token = await exchange(target, subject.jwt);
-    } catch (err) {
-      const e = explainExchangeFailure(err, subject.jwt, target);
-      const check = failedCheck(isBrokerError(e) ? e : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", String(e), { step: "exchange", retryable: true }), target.name);
-      // With someone else's credentials the token's subject is theirs: a policy mismatch says nothing yet.
-      const foreign = list.checks.some((c) => c.step === "claims.sub" && c.status !== "pass") && (isBrokerError(e) && e.code === "ERR_EXCHANGE_INVALID_GRANT");
-      list.add(foreign ? { ...check, fix: `first run the doctor with the execution role's credentials (see claims.sub): this token's subject is the current credentials'. Then: ${check.fix ?? ""}` } : check);
-      list.add({ step: "api", target: target.name, status: "skip", detail: "not reached: fix the exchange first" });
-      continue;
-    }
-    // As the broker does: a token is not believed to outlive the JWT it came from.
-    const left = Math.round((Math.min(token.expiresAt, subject.expiresAt) - now()) / 1000);
-    if (left <= config.minTtlSeconds) {
-      list.add({
-        step: "exchange",
-        target: target.name,
-        status: "fail",
-        detail: `Databricks issued a token (sha256 ${fingerprint(token.accessToken)}) that lives ${left} s, not more than ${P}MIN_TTL_SECONDS (${config.minTtlSeconds} s), so the broker could never serve it`,
-        fix: `lower ${P}MIN_TTL_SECONDS (and ${P}REFRESH_AHEAD_SECONDS) below the token lifetime, or raise ${P}STS_DURATION_SECONDS`,
-      });
-    } else {
-      list.add({ step: "exchange", target: target.name, status: "pass", detail: `Databricks issued a Bearer token (sha256 ${fingerprint(token.accessToken)}) for scope ${token.scope}, valid ${left} s` });
-    }
-    list.add(await apiCheck(target, token, deps.fetch));
-  }
-  return list.report();
 }
 
 /** The report as text: one line per step, a fix under each failure, a verdict at the end. */

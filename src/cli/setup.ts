@@ -5,7 +5,7 @@
 import { DEFAULTS, METADATA_AUTH_TYPE, STS_DURATION_RANGE } from "../config.js";
 import type { SetupArgs } from "./args.js";
 import { UsageError } from "./args.js";
-import { type AwsClients, type AwsProblem, callerArn, describeAwsError, enableFederation, getFederationState, roleFromCaller } from "./aws.js";
+import { type AwsClients, type AwsProblem, callerArn, describeAwsError, enableFederation, type FederationState, getFederationState, type IamLike, roleFromCaller, type StsCliLike } from "./aws.js";
 import { executionRolePolicy, federationPolicyCommand, findServicePrincipalCommand, putRolePolicyCommand } from "./policies.js";
 
 export interface SetupDeps {
@@ -63,40 +63,60 @@ function durationFrom(args: SetupArgs, env: NodeJS.ProcessEnv): number {
 
 /** Runs the set-up checks; only `--enable` changes anything. */
 export async function runSetup(args: SetupArgs, { clients, env }: SetupDeps): Promise<SetupReport> {
+  const settings = settingsFrom(args, env);
+  const federation = await federationFor(clients.iam, { enable: args.enable });
+  const role = await roleFor(args.roleArn, clients.sts);
+  const iamPolicy = executionRolePolicy({ audience: settings.audience, durationSeconds: settings.durationSeconds });
+  const environment = environmentFor(settings, env);
+  return {
+    ok: federation.enabled && federation.issuer !== null && role.arn !== null,
+    federation,
+    role,
+    settings,
+    iamPolicy,
+    commands: commandsFor({ federation, role, settings, iamPolicy }),
+    environment,
+  };
+}
+
+/** The settings: each from its option, else from `env`, else its default. */
+function settingsFrom(args: SetupArgs, env: NodeJS.ProcessEnv): SetupReport["settings"] {
   const audience = args.audience ?? (env[`${P}AUDIENCE`]?.trim() || DEFAULTS.audience);
   const durationSeconds = durationFrom(args, env);
   const clientId = args.clientId ?? (env.DATABRICKS_CLIENT_ID?.trim() || undefined);
+  return { audience, durationSeconds, clientId: clientId ?? null, servicePrincipalId: args.servicePrincipalId ?? null };
+}
 
-  let federation: SetupReport["federation"];
+/** The account's federation switch, switched on first when `enable` asks for it. */
+async function federationFor(iam: IamLike, { enable }: { enable: boolean }): Promise<SetupReport["federation"]> {
+  let state: FederationState;
   try {
-    let state = await getFederationState(clients.iam);
-    let enabledNow = false;
-    if (!state.enabled && args.enable) {
-      try {
-        state = await enableFederation(clients.iam);
-        enabledNow = true;
-      } catch (err) {
-        federation = { enabled: false, enabledNow: false, issuer: state.issuer ?? null, problem: describeAwsError(err, "iam:EnableOutboundWebIdentityFederation") };
-      }
-    }
-    federation ??= { enabled: state.enabled, enabledNow, issuer: state.issuer ?? null, problem: null };
+    state = await getFederationState(iam);
   } catch (err) {
-    federation = { enabled: false, enabledNow: false, issuer: null, problem: describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo") };
+    return { enabled: false, enabledNow: false, issuer: null, problem: describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo") };
   }
-
-  let role: SetupReport["role"];
-  if (args.roleArn !== undefined) {
-    role = { arn: args.roleArn, source: "--role-arn", note: null, problem: null };
-  } else {
-    try {
-      const derived = roleFromCaller(await callerArn(clients.sts));
-      role = { arn: derived.roleArn ?? null, source: derived.roleArn ? "session" : null, note: derived.note, problem: null };
-    } catch (err) {
-      role = { arn: null, source: null, note: "pass the function's execution role with --role-arn", problem: describeAwsError(err, "sts:GetCallerIdentity") };
-    }
+  if (state.enabled || !enable) return { enabled: state.enabled, enabledNow: false, issuer: state.issuer ?? null, problem: null };
+  try {
+    const after = await enableFederation(iam);
+    return { enabled: after.enabled, enabledNow: true, issuer: after.issuer ?? null, problem: null };
+  } catch (err) {
+    return { enabled: false, enabledNow: false, issuer: state.issuer ?? null, problem: describeAwsError(err, "iam:EnableOutboundWebIdentityFederation") };
   }
+}
 
-  const iamPolicy = executionRolePolicy({ audience, durationSeconds });
+/** The execution role: `--role-arn`, else the role of the current session. */
+async function roleFor(roleArn: string | undefined, sts: StsCliLike): Promise<SetupReport["role"]> {
+  if (roleArn !== undefined) return { arn: roleArn, source: "--role-arn", note: null, problem: null };
+  try {
+    const derived = roleFromCaller(await callerArn(sts));
+    return { arn: derived.roleArn ?? null, source: derived.roleArn ? "session" : null, note: derived.note, problem: null };
+  } catch (err) {
+    return { arn: null, source: null, note: "pass the function's execution role with --role-arn", problem: describeAwsError(err, "sts:GetCallerIdentity") };
+  }
+}
+
+/** The function's variables; a setting at its default is left out. */
+function environmentFor({ audience, durationSeconds, clientId }: SetupReport["settings"], env: NodeJS.ProcessEnv): Record<string, string> {
   const environment: Record<string, string> = { [`${P}ENABLED`]: "true", DATABRICKS_HOST: env.DATABRICKS_HOST?.trim() || "https://<workspace-host>" };
   environment.DATABRICKS_CLIENT_ID = clientId ?? "<service principal application ID>";
   if (audience !== DEFAULTS.audience) environment[`${P}AUDIENCE`] = audience;
@@ -105,25 +125,28 @@ export async function runSetup(args: SetupArgs, { clients, env }: SetupDeps): Pr
   const port = env[`${P}PORT`]?.trim();
   environment.DATABRICKS_METADATA_SERVICE_URL = `http://localhost:${port && /^\d{1,5}$/.test(port) ? port : DEFAULTS.port}/metadata`;
   environment.DATABRICKS_AUTH_TYPE = METADATA_AUTH_TYPE;
+  return environment;
+}
 
+interface CommandsInput {
+  readonly federation: SetupReport["federation"];
+  readonly role: SetupReport["role"];
+  readonly settings: SetupReport["settings"];
+  readonly iamPolicy: object;
+}
+
+/** The commands to run, with placeholders where a value is not known yet. */
+function commandsFor({ federation, role, settings, iamPolicy }: CommandsInput): SetupReport["commands"] {
   return {
-    ok: federation.enabled && federation.issuer !== null && role.arn !== null,
-    federation,
-    role,
-    settings: { audience, durationSeconds, clientId: clientId ?? null, servicePrincipalId: args.servicePrincipalId ?? null },
-    iamPolicy,
-    commands: {
-      enableFederation: federation.enabled ? null : "databricks-token-broker setup --enable",
-      putRolePolicy: putRolePolicyCommand(role.arn ?? ROLE_PLACEHOLDER, iamPolicy),
-      findServicePrincipal: args.servicePrincipalId === undefined ? findServicePrincipalCommand(clientId) : null,
-      createFederationPolicy: federationPolicyCommand({
-        issuer: federation.issuer ?? ISSUER_PLACEHOLDER,
-        audience,
-        subject: role.arn ?? ROLE_PLACEHOLDER,
-        servicePrincipalId: args.servicePrincipalId,
-      }),
-    },
-    environment,
+    enableFederation: federation.enabled ? null : "databricks-token-broker setup --enable",
+    putRolePolicy: putRolePolicyCommand(role.arn ?? ROLE_PLACEHOLDER, iamPolicy),
+    findServicePrincipal: settings.servicePrincipalId === null ? findServicePrincipalCommand(settings.clientId ?? undefined) : null,
+    createFederationPolicy: federationPolicyCommand({
+      issuer: federation.issuer ?? ISSUER_PLACEHOLDER,
+      audience: settings.audience,
+      subject: role.arn ?? ROLE_PLACEHOLDER,
+      servicePrincipalId: settings.servicePrincipalId ?? undefined,
+    }),
   };
 }
 
