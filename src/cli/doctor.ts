@@ -228,7 +228,7 @@ async function targetSteps(list: Checklist, target: Target, { subject, exchange,
   let token: AccessToken;
   try {
     // No expiresAt, as before exchange took it: tokenCheck bounds the lifetime by the JWT itself.
-    token = await exchange(target, { jwt: subject.jwt });
+    token = await exchange(target, subject);
   } catch (err) {
     const subjectInDoubt = list.checks.some((c) => c.step === "claims.sub" && c.status !== "pass");
     list.add(exchangeFailedCheck(err, target, { jwt: subject.jwt, subjectInDoubt }));
