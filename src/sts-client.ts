@@ -72,12 +72,37 @@ export function createStsClient(region: string): STSClient {
   return client;
 }
 
-/** The STS port over `client`: one call, its failure classified, its answer checked. */
-export function webIdentityTokenPort(client: Pick<STSClient, "send">): GetWebIdentityToken {
+/** What a call that outlived its timeout says: a transient STS fault, retried with backoff. */
+function stsTimeout(timeoutMs: number, cause: unknown): BrokerError {
+  return new BrokerError("ERR_STS_UNAVAILABLE", `STS did not answer within ${timeoutMs} ms`, {
+    step: "sts",
+    retryable: true,
+    upstreamCode: "timeout",
+    hint: "a network or STS fault; the broker retries with backoff. In a VPC, the function needs a route to the regional STS endpoint (NAT gateway or an STS interface endpoint)",
+    cause,
+  });
+}
+
+/** Rejects once `signal` aborts: the SDK stops watching its signal when the headers arrive. */
+function whenAborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    else signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+  });
+}
+
+/**
+ * The STS port over `client`: one call, its failure classified, its answer checked. The call
+ * as a whole, body included, ends after `timeoutMs`: the SDK's own requestTimeout stops at the
+ * headers, and an answer stalled after them would hold the target's refresh for good.
+ */
+export function webIdentityTokenPort(client: Pick<STSClient, "send">, { timeoutMs = STS_TIMEOUT_MS }: { timeoutMs?: number } = {}): GetWebIdentityToken {
   return async ({ audience, signingAlgorithm, durationSeconds }, signal) => {
     const command = new GetWebIdentityTokenCommand({ Audience: [audience], SigningAlgorithm: signingAlgorithm, DurationSeconds: durationSeconds });
-    const answer = await client.send(command, signal ? { abortSignal: signal } : undefined).catch((err: unknown) => {
-      throw classifyStsError(err);
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const abortSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    const answer = await Promise.race([client.send(command, { abortSignal }), whenAborted(abortSignal)]).catch((err: unknown) => {
+      throw timeout.aborted ? stsTimeout(timeoutMs, err) : classifyStsError(err);
     });
     const jwt = answer.WebIdentityToken;
     const expiresAt = answer.Expiration?.getTime();

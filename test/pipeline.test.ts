@@ -3,7 +3,7 @@
  * real fetch to the Databricks stand-in, which verifies each JWT through discovery + JWKS.
  */
 import { STSClient } from "@aws-sdk/client-sts";
-import { webIdentityTokenPort } from "../src/sts-client.js";
+import { stsClientConfig, webIdentityTokenPort } from "../src/sts-client.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { createTokenCache } from "../src/pipeline.js";
 import { parseConfig } from "../src/config.js";
@@ -159,5 +159,23 @@ describe("pipeline against the stand-ins", () => {
       upstreamCode: "OutboundWebIdentityFederationDisabled",
       retryable: false,
     });
+  });
+});
+
+describe("a stalled upstream", () => {
+  it("STS that sends its headers and a few bytes, then nothing: the call fails as a timeout within STS_TIMEOUT_MS, and is retried", async () => {
+    const sts: StsStandIn = await startSts({ region: "us-east-1" });
+    closers.push(() => sts.close());
+    // The SDK's own requestTimeout ends when the headers arrive: only the port's signal covers the body.
+    const client = new STSClient({ ...stsClientConfig("us-east-1"), endpoint: sts.url, credentials: EXAMPLE_CREDENTIALS });
+    const port = webIdentityTokenPort(client, { timeoutMs: 400 });
+    sts.setFault({ kind: "stall", afterBytes: 40 }, 1);
+    const started = Date.now();
+    const err = await port({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 }).catch((e: unknown) => e);
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(err).toMatchObject({ code: "ERR_STS_UNAVAILABLE", step: "sts", upstreamCode: "timeout", retryable: true });
+    expect((err as Error).message).toMatch(/did not answer within 400 ms/);
+    // The next call, on a fresh connection, is answered.
+    await expect(port({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 })).resolves.toMatchObject({ jwt: expect.any(String) });
   });
 });

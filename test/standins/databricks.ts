@@ -333,7 +333,7 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
       if (!(err instanceof Refusal)) throw err;
       answer = refused(err);
     }
-    if (fault?.kind === "drop") {
+    if (fault?.kind === "drop" || fault?.kind === "stall") {
       if (fault.status !== undefined) exchange.status = fault.status;
       return playTransportFault(res, { ...fault, status: fault.status ?? answer.status }, { contentType: "application/json", body: JSON.stringify(answer.body) });
     }

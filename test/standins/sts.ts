@@ -91,6 +91,8 @@ export type TransportFault =
   | { kind: "drop"; status?: number; afterBytes?: number; delayMs?: number }
   /** Cut the socket without answering at all. */
   | { kind: "reset"; delayMs?: number }
+  /** Send the status line, headers (with the full Content-Length) and part of the body, then nothing: the socket stays open. */
+  | { kind: "stall"; status?: number; afterBytes?: number; delayMs?: number }
   /** Answer exactly this (HTML error pages, truncated or oversized bodies, odd JSON, ...). */
   | {
       kind: "raw";
@@ -145,14 +147,16 @@ export async function playTransportFault(
     case "reset":
       res.socket?.destroy();
       return;
-    case "drop": {
+    case "drop":
+    case "stall": {
       const body = Buffer.from(sample.body);
       const cut = Math.min(fault.afterBytes ?? Math.floor(body.length / 2), body.length - 1);
       res.writeHead(fault.status ?? 200, {
         "content-type": sample.contentType,
         "content-length": String(body.length),
       });
-      res.write(body.subarray(0, Math.max(cut, 0)), () => res.socket?.destroy());
+      // A stall leaves the socket open: only the client's own timeout can end the call.
+      res.write(body.subarray(0, Math.max(cut, 0)), () => (fault.kind === "drop" ? res.socket?.destroy() : undefined));
       return;
     }
     case "raw":
@@ -253,7 +257,7 @@ export async function playAwsFault(
     fail(fault.status, fault.code, fault.message ?? `Injected ${fault.code}`, fault.type);
     return true;
   }
-  call.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" ? (fault.status ?? 200) : 0;
+  call.status = fault.kind === "raw" ? fault.status : fault.kind === "drop" || fault.kind === "stall" ? (fault.status ?? 200) : 0;
   await playTransportFault(res, fault, { contentType: "text/xml", body });
   return true;
 }
