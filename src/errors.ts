@@ -89,3 +89,17 @@ export function isBrokerError(value: unknown): value is BrokerError {
     typeof (value as Partial<BrokerError>).retryable === "boolean"
   );
 }
+
+/**
+ * Quoted upstream text is cut to this: an upstream (or a proxy before it) answering a 60 KB
+ * `error_description` would otherwise put it whole into every 503, log line and diagnosis.
+ */
+export const MAX_QUOTED_CHARS = 300;
+/** Real upstream codes are short (`OutboundWebIdentityFederationDisabledException`, 46). */
+export const MAX_QUOTED_CODE_CHARS = 64;
+
+/** Upstream text for a message: whitespace flattened, cut to `max` characters with an ellipsis. */
+export function quoteUpstream(text: string, max = MAX_QUOTED_CHARS): string {
+  const flat = text.replace(/\s+/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max)}…` : flat;
+}

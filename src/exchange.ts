@@ -4,7 +4,7 @@
  * federation").
  */
 import type { Target } from "./config.js";
-import { BrokerError } from "./errors.js";
+import { BrokerError, MAX_QUOTED_CODE_CHARS, quoteUpstream } from "./errors.js";
 import type { Logger } from "./log.js";
 
 export interface AccessToken {
@@ -84,11 +84,8 @@ function retryAfterMs(res: Response, now: number): number | undefined {
   return Number.isFinite(ms) && ms > 0 ? Math.min(ms, MAX_RETRY_AFTER_MS) : undefined;
 }
 
-/** Short, safe excerpt of a body that is not JSON (an HTML error page from a proxy, say). */
-function excerpt(text: string): string {
-  const flat = text.replace(/\s+/g, " ").trim();
-  return flat.length > 120 ? `${flat.slice(0, 120)}…` : flat;
-}
+/** A body that is not JSON (an HTML error page from a proxy, say) is quoted shorter still. */
+const EXCERPT_CHARS = 120;
 
 /**
  * What a 200 body that is not a token answer looks like, without quoting it: a token answer
@@ -112,9 +109,11 @@ const HINTS: Record<string, string> = {
 
 /** Maps a non-2xx answer to a typed error. */
 function httpError(target: Target, res: Response, body: Record<string, unknown> | undefined, text: string, now: number): BrokerError {
-  const upstream = typeof body?.error === "string" ? body.error : typeof body?.error_code === "string" ? body.error_code : `HTTP ${res.status}`;
-  const description =
-    typeof body?.error_description === "string" ? body.error_description : typeof body?.message === "string" ? body.message : excerpt(text) || res.statusText;
+  const code = typeof body?.error === "string" ? body.error : typeof body?.error_code === "string" ? body.error_code : `HTTP ${res.status}`;
+  const upstream = quoteUpstream(code, MAX_QUOTED_CODE_CHARS);
+  const description = quoteUpstream(
+    typeof body?.error_description === "string" ? body.error_description : typeof body?.message === "string" ? body.message : quoteUpstream(text, EXCERPT_CHARS) || res.statusText,
+  );
   const message = `Databricks ${target.tokenEndpoint} answered ${res.status}: ${description}`;
   const opts = { step: "exchange" as const, upstreamCode: upstream };
   if (res.status === 429 || res.status >= 500 || upstream === "temporarily_unavailable") {
@@ -130,11 +129,12 @@ function httpError(target: Target, res: Response, body: Record<string, unknown> 
   if (upstream === "invalid_client" || res.status === 401) {
     return new BrokerError("ERR_EXCHANGE_INVALID_CLIENT", message, { ...opts, retryable: false, hint: HINTS.invalid_client });
   }
-  const hint =
-    HINTS[upstream] ??
-    (res.status === 404
+  // Own keys only: an upstream code such as "constructor" must not pick up Object's.
+  const hint = Object.hasOwn(HINTS, upstream)
+    ? HINTS[upstream]!
+    : res.status === 404
       ? "no token endpoint at this URL: check DATABRICKS_HOST, DATABRICKS_ACCOUNT_ID and DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT"
-      : "check the target's host, account ID, client ID and scope");
+      : "check the target's host, account ID, client ID and scope";
   return new BrokerError("ERR_EXCHANGE_REJECTED", message, { ...opts, retryable: false, hint });
 }
 

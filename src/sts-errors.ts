@@ -2,7 +2,7 @@
  * STS failures classified: each AWS SDK error becomes a BrokerError that says what failed,
  * whether a retry can help, and which set-up step to check (SPEC §3).
  */
-import { BrokerError, type BrokerErrorCode } from "./errors.js";
+import { BrokerError, type BrokerErrorCode, MAX_QUOTED_CODE_CHARS, quoteUpstream } from "./errors.js";
 
 /** STS will not sign for less than this (`DurationSeconds` minimum, STS API reference). */
 export const MIN_DURATION_SECONDS = 60;
@@ -136,5 +136,11 @@ export function classifyStsError(err: unknown): BrokerError {
     message: err instanceof Error ? err.message : String(err),
   };
   const rule = RULES.find((r) => r.when(failure)) ?? REJECTED;
-  return new BrokerError(rule.code, `${rule.what}: ${failure.message}`, { step: "sts", upstreamCode: failure.code, cause: err, retryable: rule.retryable, hint: rule.hint });
+  return new BrokerError(rule.code, `${rule.what}: ${quoteUpstream(failure.message)}`, {
+    step: "sts",
+    upstreamCode: quoteUpstream(failure.code, MAX_QUOTED_CODE_CHARS),
+    cause: err,
+    retryable: rule.retryable,
+    hint: rule.hint,
+  });
 }

@@ -1,6 +1,7 @@
 import type { STSClient } from "@aws-sdk/client-sts";
 import { describe, expect, it } from "vitest";
 import type { Target } from "../src/config.js";
+import { MAX_QUOTED_CODE_CHARS } from "../src/errors.js";
 import { createExchange, MAX_BODY_BYTES, MAX_LIFETIME_SECONDS } from "../src/exchange.js";
 import { silentLogger } from "../src/log.js";
 import { createStsSource, type GetWebIdentityToken } from "../src/sts.js";
@@ -270,5 +271,36 @@ describe("Databricks exchange", () => {
     const lines: string[] = [];
     createLogger({ level: "debug", write: (l) => lines.push(l) }).error("x", { error: err });
     expect(lines.join("")).not.toContain(jwt);
+  });
+});
+
+describe("upstream text quoted in errors (issue 12)", () => {
+  const huge = "x".repeat(30_000); // twice this stays under the exchange's 64 KiB body limit
+  const target: Target = { name: "default", host: "https://dbc-1.cloud.databricks.com", isAccounts: false, accountId: undefined, clientId: "sp", scope: "all-apis", tokenEndpoint: "https://dbc-1.cloud.databricks.com/oidc/v1/token" };
+  it("the exchange's error_description and error code are cut to a few hundred characters", async () => {
+    const exchange = createExchange({
+      fetch: async () => new Response(JSON.stringify({ error: `invalid_request${huge}`, error_description: `bad${huge}` }), { status: 400, headers: { "content-type": "application/json" } }),
+      now: () => 0,
+      log: silentLogger,
+    });
+    const err = (await exchange(target, { jwt: "j.w.t" }).catch((e: unknown) => e)) as { message: string; upstreamCode: string; summary(): string };
+    expect(err.message.length).toBeLessThan(600);
+    expect(err.message).toMatch(/answered 400: badx+…$/);
+    expect(err.upstreamCode.length).toBeLessThanOrEqual(MAX_QUOTED_CODE_CHARS + 1);
+    expect(err.summary().length).toBeLessThan(1_500);
+  });
+
+  it("an upstream code named like an Object property gets the generic hint, not Object's", async () => {
+    for (const code of ["constructor", "toString", "__proto__"]) {
+      const exchange = createExchange({ fetch: async () => new Response(JSON.stringify({ error: code }), { status: 400 }), now: () => 0, log: silentLogger });
+      const err = (await exchange(target, { jwt: "j.w.t" }).catch((e: unknown) => e)) as { hint: unknown; code: string };
+      expect(err).toMatchObject({ code: "ERR_EXCHANGE_REJECTED", hint: "check the target's host, account ID, client ID and scope" });
+    }
+  });
+
+  it("STS's error message and code are cut the same way", () => {
+    const e = classifyStsError(Object.assign(new Error(`Denied${huge}`), { name: `Odd${huge}`, $metadata: { httpStatusCode: 400 } }));
+    expect(e.message.length).toBeLessThan(600);
+    expect(e.upstreamCode!.length).toBeLessThanOrEqual(MAX_QUOTED_CODE_CHARS + 1);
   });
 });
