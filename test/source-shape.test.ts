@@ -1,10 +1,11 @@
 /**
- * The shape of the source's imports (issue 11): no import cycle, the AWS SDK behind its
- * adapters only, and no hook into Node.js's diagnostics channels.
+ * The shape of the source (issue 11, STYLE.md practices 11–13): no import cycle, the AWS SDK
+ * behind its adapters only, no hook into Node.js's diagnostics channels, short functions.
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import ts from "typescript";
 import { describe, expect, it } from "vitest";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -46,5 +47,34 @@ describe("imports in src/ and extension/", () => {
 
   it("never subscribe to Node.js's diagnostics channels", () => {
     expect(files.filter((f) => specifiers(f).some((s) => /^(node:)?diagnostics_channel$/.test(s))).map(name)).toEqual([]);
+  });
+});
+
+/** STYLE.md practice 13: about 60 lines of a function's own, not counting the functions nested in it. */
+const MAX_OWN_LINES = 60;
+
+/** Every function's own line count: its lines less those of the functions nested in it. */
+function ownLines(file: string): { name: string; lines: number }[] {
+  const sf = ts.createSourceFile(file, text.get(file)!, ts.ScriptTarget.Latest, true);
+  const line = (pos: number) => sf.getLineAndCharacterOfPosition(pos).line;
+  const out: { name: string; lines: Set<number> }[] = [];
+  const visit = (node: ts.Node, parent: { lines: Set<number> } | undefined) => {
+    if (ts.isFunctionLike(node) && "body" in node && node.body) {
+      const lines = new Set<number>();
+      for (let l = line(node.getStart()); l <= line(node.end); l++) lines.add(l);
+      for (const l of lines) parent?.lines.delete(l);
+      const own = { name: `${name(file)}:${line(node.getStart()) + 1}`, lines };
+      out.push(own);
+      ts.forEachChild(node, (c) => visit(c, own));
+    } else ts.forEachChild(node, (c) => visit(c, parent));
+  };
+  visit(sf, undefined);
+  return out.map((f) => ({ name: f.name, lines: f.lines.size }));
+}
+
+describe("functions in src/ and extension/", () => {
+  it(`are at most ${MAX_OWN_LINES} lines of their own`, () => {
+    const long = files.flatMap(ownLines).filter((f) => f.lines > MAX_OWN_LINES);
+    expect(long).toEqual([]);
   });
 });
