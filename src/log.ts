@@ -2,8 +2,7 @@
  * JSON-lines logger (SPEC §6): one object per line with `time`, `level`, `msg` and fields.
  * Lambda sends stdout to CloudWatch Logs, where JSON lines are queryable by field.
  */
-import type * as NodeCrypto from "node:crypto";
-import { createRequire } from "node:module";
+import { createHash } from "node:crypto";
 import type { LogLevel } from "./config.js";
 
 export type Fields = Record<string, unknown>;
@@ -30,17 +29,9 @@ export function redact(text: string): string {
   return text.replace(JWT_LIKE, "[redacted-jwt]");
 }
 
-/**
- * node:crypto, loaded at the first fingerprint rather than with the extension: nothing before
- * registering needs it, and loading it there cost about 1.5 ms of every cold start. A require
- * rooted anywhere resolves built-ins, in the CommonJS bundle and under the test runner alike.
- */
-let crypto: typeof NodeCrypto | undefined;
-const loadCrypto = () => (crypto ??= createRequire("/")("node:crypto") as typeof NodeCrypto);
-
 /** Names a token without revealing it: the first 8 hex digits of its SHA-256 (SPEC §6). */
 export function fingerprint(token: string): string {
-  return loadCrypto().createHash("sha256").update(token).digest("hex").slice(0, 8);
+  return createHash("sha256").update(token).digest("hex").slice(0, 8);
 }
 
 function plain(value: unknown, depth = 0): unknown {

@@ -45,7 +45,7 @@ export interface Fault {
 }
 
 /**
- * A connection closed under a request is tried again once at once (src/broker.ts: a kept-alive
+ * A connection closed under a request is tried again once at once (src/pipeline.ts: a kept-alive
  * socket the upstream closed during a freeze), so these faults cost two calls per attempt.
  */
 const STALE_RETRY = 2;
