@@ -1,9 +1,9 @@
 /**
  * Opening the connection to each token endpoint while STS signs the first JWT. At a cold
- * start the exchange otherwise pays, after the JWT is back and on the first token's path, for
- * fetch's own loading (Node.js loads its HTTP client at the first fetch) and for the connection set-up (DNS, TCP and TLS to the workspace). Both can happen
- * while the process only waits on STS; the exchange then finds a warm client and a kept-alive
- * connection to the same origin.
+ * start the exchange otherwise pays, after the JWT is back, for fetch's own loading (Node.js
+ * loads its HTTP client at the first fetch) and for the connection set-up (DNS, TCP and TLS to
+ * the workspace). Both can happen while the process only waits on STS; the exchange then
+ * finds a warm client and a kept-alive connection to the same origin.
  *
  * The request is the one the Databricks SDKs send before an OAuth flow: a GET of the OIDC
  * discovery document, public and unauthenticated. Nothing is sent with it that identifies the
