@@ -34,6 +34,11 @@ const MAX_MIN_TTL = 3600;
  * `metadataServiceTimeout`), so the SDK reports the broker's 503 rather than its own timeout.
  */
 export const METADATA_WAIT_MS = 8_000;
+/**
+ * Headers only a proxy adds (RFC 7239, RFC 9110 §7.6.3, and the two common de-facto ones):
+ * whoever sent such a request is not the local caller the broker serves. Lower-case, as Node.js keys them.
+ */
+const PROXY_HEADERS = ["x-forwarded-for", "forwarded", "via", "x-real-ip"] as const;
 /** Requests carry no body; a small limit keeps a hostile client from costing memory. */
 const BODY_LIMIT = 1024;
 const METHODS_NOT_GET = ["DELETE", "HEAD", "PATCH", "POST", "PUT", "OPTIONS"] as const;
@@ -74,8 +79,8 @@ const noSchemas = () => () => {
 
 /**
  * Builds the fastify app. It never owns a socket: src/listener.ts binds, bounds and answers
- * at the socket level (header size, request timeout, malformed requests, CONNECT) and hands
- * every request to `app.routing`.
+ * at the socket level (header size, request timeout, malformed requests, CONNECT, a `Host`
+ * not addressed to loopback) and hands every other request to `app.routing`.
  */
 export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
   const waitMs = config.waitSeconds * 1000;
@@ -122,14 +127,20 @@ function createFastify(log: Logger): FastifyInstance {
   // Callback style rather than async: a promise per request costs more than a cached token answer.
   app.addHook("onRequest", (req, reply, done) => {
     reply.header("cache-control", "no-store");
-    if (req.headers["x-forwarded-for"] === undefined) return done();
-    sendError(reply, errorAnswer("bad_request", "requests through a proxy are refused: the broker serves only local callers (X-Forwarded-For present)"));
+    const proxied = proxyHeaderOf(req);
+    if (proxied === undefined) return done();
+    sendError(reply, errorAnswer("bad_request", `requests through a proxy are refused: the broker serves only local callers (${proxied} present)`));
   });
   app.setNotFoundHandler((req, reply) =>
     sendError(reply, errorAnswer("not_found", `no route ${req.method} ${pathOf(req)}; routes: GET /token, /token/{target}, /metadata, /metadata/{target}, /health`)),
   );
   app.setErrorHandler((err: FastifyError | Refusal, _req, reply) => sendError(reply, answerFor(err, log)));
   return app;
+}
+
+function proxyHeaderOf(req: FastifyRequest): string | undefined {
+  for (const name of PROXY_HEADERS) if (req.headers[name] !== undefined) return name;
+  return undefined;
 }
 
 /** The answer to an error a route threw: its own when it is a Refusal, else 400, 404 or (logged) 500. */
@@ -158,14 +169,17 @@ function tokenRoute(r: Routing) {
   };
 }
 
-/** `GET /metadata[/{target}]`, the Databricks metadata-service protocol. */
+/**
+ * `GET /metadata[/{target}]`, the Databricks metadata-service protocol. `?min_ttl` is not read:
+ * the SDKs never send it, and from any local caller it would force an STS call and an exchange
+ * every few seconds. The configured minimum TTL holds here as everywhere.
+ */
 function metadataRoute(r: Routing) {
   return (req: TargetRequest): MetadataBody | Promise<MetadataBody> => {
     const { name } = metadataTarget(req, r);
-    const minTtlSeconds = minTtlOf(req);
-    const ready = r.cache.ready?.(name, { minTtlSeconds });
+    const ready = r.cache.ready?.(name);
     if (ready) return metadataBody(r, ready, name);
-    return awaitToken(r, req, { name, minTtlSeconds, waitMs: r.metadataWaitMs }).then((t) => metadataBody(r, t, name));
+    return awaitToken(r, req, { name, minTtlSeconds: undefined, waitMs: r.metadataWaitMs }).then((t) => metadataBody(r, t, name));
   };
 }
 
@@ -202,7 +216,8 @@ function metadataTarget(req: TargetRequest, r: Routing): Target {
   if (!target || !r.cache.has(name)) throw unknownTarget(name, r.config);
   const host = header(req, METADATA_HOST_HEADER);
   if (host === undefined || normalizeHost(host) !== target.host) {
-    throw new Refusal("forbidden", `${METADATA_HOST_HEADER} must be this target's host (${target.host}); the SDK's DATABRICKS_HOST must match the broker's`);
+    // The right host is not named: whoever guesses wrong learns nothing (issue 12).
+    throw new Refusal("forbidden", `${METADATA_HOST_HEADER} is not this target's host: compare the SDK's DATABRICKS_HOST with the broker's`);
   }
   return target;
 }

@@ -4,10 +4,15 @@
  */
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import { errorAnswer, writeErrorToSocket } from "./answers.js";
+import { errorAnswer, writeError, writeErrorToSocket } from "./answers.js";
 
 /** Answers a request that has not finished arriving in this long: slow clients cannot pin sockets. */
 export const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * How often Node.js looks for requests over that limit: its default, 30 s, let one run to 40 s.
+ * Each check walks the open connections, a handful here, so once a second costs nothing.
+ */
+const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** Header budget well above any real client, well below Node's 16 KiB default. */
 export const MAX_HEADER_BYTES = 8 * 1024;
 /** What fastify would set: SDKs keep their connection to the broker for a whole invoke and more. */
@@ -29,6 +34,41 @@ function answerClientError(err: Error & { code?: string }, socket: Socket): void
         ? `request not received in full within ${REQUEST_TIMEOUT_MS} ms`
         : `malformed HTTP request${err.code ? ` (${err.code})` : ""}`;
   writeErrorToSocket(socket, errorAnswer("bad_request", why));
+}
+
+/** The names a loopback client writes in `Host` (SPEC §5); any other is a rebound name (DNS rebinding). */
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+/** The port a `Host` without one means, for plain http (RFC 9110 §4.2.2). */
+const HTTP_DEFAULT_PORT = "80";
+
+/**
+ * Why `Host` refuses the request, or undefined for a loopback name with the port the client
+ * dialled (the socket's, which is the configured one but for tests on port 0): a rebound page
+ * sends its own name, every SDK the one it dialled. None or two (RFC 9112 §3.2) is refused too.
+ */
+function hostRefusal(req: http.IncomingMessage): string | undefined {
+  const host = req.headers.host;
+  const port = req.socket.localPort;
+  const problem =
+    host === undefined ? "no Host header" : hostCount(req.rawHeaders) > 1 ? "more than one Host header" : isLoopbackHost(host, port) ? undefined : "a Host header not addressed to the broker";
+  if (problem === undefined) return undefined;
+  return `${problem}: Host must be localhost:${port}, 127.0.0.1:${port} or [::1]:${port}, the address the request was sent to; the broker answers only local callers (DNS rebinding)`;
+}
+
+function isLoopbackHost(host: string, port: number | undefined): boolean {
+  const h = host.toLowerCase();
+  const colon = h.lastIndexOf(":");
+  // "[::1]" has colons of its own: a port follows the last colon only when it is past the "]".
+  const hasPort = colon > h.lastIndexOf("]");
+  const given = hasPort ? h.slice(colon + 1) : HTTP_DEFAULT_PORT;
+  return port !== undefined && given === String(port) && LOOPBACK_HOSTS.has(hasPort ? h.slice(0, colon) : h);
+}
+
+/** Node.js keeps the first of repeated Host headers and drops the rest; the raw list still has them all. */
+function hostCount(raw: string[]): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") n++;
+  return n;
 }
 
 /** The broker is never a tunnel: CONNECT gets the 405 any other method gets, not a silent close. */
@@ -58,7 +98,8 @@ export interface Listener {
 
 /** A server set up as fastify sets up its own, for the same answers on the same sockets. */
 function createServer(dispatch: Handler): http.Server {
-  const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, dispatch);
+  // Node's own 400 for HTTP/1.1 without Host is bare; hostRefusal answers it in the SPEC's shape.
+  const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, requireHostHeader: false, connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS }, dispatch);
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.on("clientError", answerClientError);
@@ -108,7 +149,10 @@ export async function listenOnLoopback(port: number): Promise<Listener> {
   let handler: Handler | undefined;
   const held: [http.IncomingMessage, http.ServerResponse][] = [];
   const dispatch: Handler = (req, res) => {
-    if (handler) handler(req, res);
+    // Before anything else, held requests included: a rebound request gets no further.
+    const refused = hostRefusal(req);
+    if (refused !== undefined) writeError(res, errorAnswer("bad_request", refused));
+    else if (handler) handler(req, res);
     else held.push([req, res]);
   };
 
