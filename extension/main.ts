@@ -7,8 +7,16 @@ import { run } from "../src/lifecycle.js";
 import { readLogLevel } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 
+// Node.js reads it at every TLS connection, and "0" skips certificate checks for STS and the
+// exchange. The launcher unsets it too; an image may start this bundle without the launcher.
+const tlsChecksOff = process.env.NODE_TLS_REJECT_UNAUTHORIZED === "0";
+delete process.env.NODE_TLS_REJECT_UNAUTHORIZED;
+
 // DATABRICKS_TOKEN_BROKER_LOG_LEVEL applies to every line, Node.js's warnings included (SPEC §2).
 const log = createLogger({ level: readLogLevel(process.env) });
+if (tlsChecksOff) {
+  log.warn("NODE_TLS_REJECT_UNAUTHORIZED=0 is ignored: the extension always checks TLS certificates; trust a private CA with NODE_EXTRA_CA_CERTS");
+}
 
 // The extension dying makes Lambda reset the whole environment, so one stray error
 // is logged, not fatal. Every known failure path is handled where it happens.

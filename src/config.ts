@@ -130,7 +130,7 @@ export function isLoopbackHostname(hostname: string): boolean {
 export function normalizeHost(input: string): string | undefined {
   const raw = input.trim();
   if (raw === "") return undefined;
-  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `https://${raw}`;
+  const withScheme = withDefaultScheme(raw);
   let url: URL;
   try {
     url = new URL(withScheme);
@@ -142,6 +142,11 @@ export function normalizeHost(input: string): string | undefined {
     return undefined;
   }
   return url.origin;
+}
+
+/** A host as a URL: `https://` unless it names a scheme. */
+function withDefaultScheme(raw: string): string {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(raw.trim()) ? raw.trim() : `https://${raw.trim()}`;
 }
 
 /** Databricks SDKs treat `accounts.` and `accounts-dod.` hosts as the account console. */
@@ -196,23 +201,36 @@ function readEnum<T extends string>(
   return fallback;
 }
 
-/** A URL the broker may send a token request to: https, or http on loopback only. */
+/**
+ * Anything before an `@` in a URL's authority (its user name and password), from `//` or the
+ * start, up to the first `/`, `?`, `#` or space: messages quote a URL only through `quoteUrl`.
+ */
+const USERINFO = /(^|\/\/)[^/?#\s]*@/g;
+const NO_USERINFO = "must not carry a user name or password";
+
+/** `raw`, quoted, with any user name and password masked as `***`. */
+function quoteUrl(raw: string): string {
+  return JSON.stringify(raw.replace(USERINFO, "$1***@"));
+}
+
+/** True when `raw` names a user or password, or looks as if it does where it does not parse. */
+function hasUserinfo(raw: string, url: URL | undefined): boolean {
+  return url ? url.username !== "" || url.password !== "" : new RegExp(USERINFO.source).test(raw);
+}
+
+/** A URL the broker (or the AWS SDK) may send a token request to: https, or http on loopback only. */
 function checkEndpoint(variable: string, raw: string, problems: Problems): string | undefined {
-  let url: URL;
-  try {
-    url = new URL(raw.trim());
-  } catch {
-    problems.add(variable, `must be an absolute URL, got ${JSON.stringify(raw)}`);
+  const url = URL.canParse(raw.trim()) ? new URL(raw.trim()) : undefined;
+  if (hasUserinfo(raw, url)) {
+    problems.add(variable, `${NO_USERINFO}, got ${quoteUrl(raw)}`);
     return undefined;
   }
-  if (url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHostname(url.hostname))) {
-    if (url.username || url.password) {
-      problems.add(variable, "must not carry credentials");
-      return undefined;
-    }
-    return url.href;
+  if (url === undefined) {
+    problems.add(variable, `must be an absolute URL, got ${quoteUrl(raw)}`);
+    return undefined;
   }
-  problems.add(variable, `must use https (plain http only for loopback addresses), got ${JSON.stringify(raw)}`);
+  if (url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHostname(url.hostname))) return url.href;
+  problems.add(variable, `must use https (plain http only for loopback addresses), got ${quoteUrl(raw)}`);
   return undefined;
 }
 
@@ -222,13 +240,18 @@ function checkHost(variable: string, raw: string | undefined, problems: Problems
     problems.add(variable, "is required: the workspace URL (https://<workspace>.cloud.databricks.com) or an accounts host");
     return undefined;
   }
+  const withScheme = withDefaultScheme(raw);
+  if (hasUserinfo(raw, URL.canParse(withScheme) ? new URL(withScheme) : undefined)) {
+    problems.add(variable, `${NO_USERINFO}, got ${quoteUrl(raw)}`);
+    return undefined;
+  }
   const host = normalizeHost(raw);
   if (host === undefined) {
-    problems.add(variable, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${JSON.stringify(raw)}`);
+    problems.add(variable, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${quoteUrl(raw)}`);
     return undefined;
   }
   if (host.startsWith("http:") && !isLoopbackHostname(new URL(host).hostname)) {
-    problems.add(variable, `must use https (plain http only for loopback addresses), got ${JSON.stringify(raw)}`);
+    problems.add(variable, `must use https (plain http only for loopback addresses), got ${quoteUrl(raw)}`);
     return undefined;
   }
   return host;
@@ -300,7 +323,9 @@ function readTargetEntries(raw: string | undefined, problems: Problems): [string
   try {
     parsed = JSON.parse(raw);
   } catch (e) {
-    problems.add(TARGETS_VARIABLE, `must be JSON like {"name": {"host": "https://..."}}: ${(e as Error).message}`);
+    // V8 quotes the text around the error, which may hold a URL's password.
+    const why = raw.includes("@") ? (e as Error).message.replace(/"[\s\S]*"/, "(text not quoted)") : (e as Error).message;
+    problems.add(TARGETS_VARIABLE, `must be JSON like {"name": {"host": "https://..."}}: ${why}`);
     return [];
   }
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
@@ -442,6 +467,7 @@ function metadataUrlProblems(raw: string, port: number, targets: ReadonlyMap<str
     return ["it is not a URL"];
   }
   const problems: string[] = [];
+  if (url.username || url.password) problems.push("it carries a user name or password, which the broker takes none of");
   if (url.protocol !== "http:") problems.push(`the broker serves plain http, not ${url.protocol.replace(/:$/, "")}`);
   if (!SDK_METADATA_HOSTS.has(url.hostname)) problems.push(`the SDKs accept only localhost or 127.0.0.1 as its host, got ${url.hostname}`);
   const urlPort = Number(url.port || (url.protocol === "https:" ? 443 : 80));
@@ -495,6 +521,7 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
   const options = readBrokerOptions(env, problems);
   const targets = readTargets(env, options.scope, problems);
   const region = readRegion(env, problems);
+  checkStsEndpoint(env, problems);
   const initializationType = readInitializationType(env);
   throwIfAny(problems);
   const warnings = [...signingWarnings(options.signingAlgorithm), ...sdkWarnings(env, options.port, targets)];
@@ -620,6 +647,17 @@ function readRegion(env: NodeJS.ProcessEnv, problems: Problems): string {
   // GetWebIdentityToken has no global endpoint, so the regional one needs a region.
   if (region === undefined) problems.add("AWS_REGION", "is required (Lambda sets it; outside Lambda set it to the function's region)");
   return region ?? "";
+}
+
+/**
+ * The AWS SDK sends the signed STS request, and gets the JWT back, at the first of these that
+ * is set and not empty (its own order), so it follows the token endpoints' rule.
+ */
+const STS_ENDPOINT_VARIABLES = ["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"] as const;
+
+function checkStsEndpoint(env: NodeJS.ProcessEnv, problems: Problems): void {
+  const variable = STS_ENDPOINT_VARIABLES.find((name) => env[name]);
+  if (variable !== undefined) checkEndpoint(variable, env[variable] ?? "", problems);
 }
 
 function readInitializationType(env: NodeJS.ProcessEnv): InitializationType {

@@ -120,6 +120,79 @@ describe("parseConfig", () => {
   });
 });
 
+describe("AWS endpoint variables (issue 12, item 10)", () => {
+  // The AWS SDK sends the signed STS request (and gets the JWT back) wherever these point.
+  it.each([
+    [{ AWS_ENDPOINT_URL_STS: "http://sts.example.com" }, /AWS_ENDPOINT_URL_STS: must use https/],
+    [{ AWS_ENDPOINT_URL_STS: "http://10.0.0.5:4566" }, /AWS_ENDPOINT_URL_STS: must use https/],
+    [{ AWS_ENDPOINT_URL: "http://localstack:4566" }, /AWS_ENDPOINT_URL: must use https/],
+    [{ AWS_ENDPOINT_URL_STS: "not a url" }, /AWS_ENDPOINT_URL_STS: must be an absolute URL/],
+    // The SDK takes AWS_ENDPOINT_URL_STS first, so that is the one to blame.
+    [{ AWS_ENDPOINT_URL_STS: "http://sts.example.com", AWS_ENDPOINT_URL: "https://sts.example.com" }, /AWS_ENDPOINT_URL_STS: must use https/],
+  ])("refuses plain http off loopback: %o", (override, message) => {
+    expect(problem({ ...base, ...override })).toMatch(message);
+  });
+
+  it("accepts https, http on loopback, and an AWS_ENDPOINT_URL that the STS one overrides", () => {
+    for (const env of [
+      { AWS_ENDPOINT_URL_STS: "https://sts.eu-west-1.amazonaws.com" },
+      { AWS_ENDPOINT_URL_STS: "http://127.0.0.1:4566" },
+      { AWS_ENDPOINT_URL_STS: "http://localhost:4566", AWS_ENDPOINT_URL: "http://localstack:4566" },
+      { AWS_ENDPOINT_URL: "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com" },
+      { AWS_ENDPOINT_URL_STS: "", AWS_ENDPOINT_URL: "http://[::1]:4566" },
+    ]) {
+      expect(enabled({ ...base, ...env }).region).toBe("eu-west-1");
+    }
+  });
+
+  it("a disabled broker checks them not", () => {
+    expect(parseConfig({ AWS_ENDPOINT_URL_STS: "http://sts.example.com" }).enabled).toBe(false);
+  });
+});
+
+describe("URLs with a user name or password (issue 12, item 11)", () => {
+  const SECRET = "hunter2-Pa55word";
+  it.each([
+    ["DATABRICKS_HOST", { DATABRICKS_HOST: `https://admin:${SECRET}@dbc-1.cloud.databricks.com` }],
+    ["DATABRICKS_HOST", { DATABRICKS_HOST: `admin:${SECRET}@dbc-1.cloud.databricks.com` }],
+    ["DATABRICKS_HOST", { DATABRICKS_HOST: `http://admin:${SECRET}@dbc-1.cloud.databricks.com` }],
+    ["DATABRICKS_HOST", { DATABRICKS_HOST: `https://admin:${SECRET}@dbc 1.cloud.databricks.com` }],
+    ["DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT", { DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: `https://admin:${SECRET}@dbc-1.cloud.databricks.com/oidc/v1/token` }],
+    ["DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT", { DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: `http://admin:${SECRET}@10.0.0.5/oidc/v1/token` }],
+    ["DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT", { DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: `https://admin:${SECRET}@bad host/oidc/v1/token` }],
+    ["DATABRICKS_TOKEN_BROKER_TARGETS.x.host", { DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ x: { host: `https://admin:${SECRET}@dbc-2.cloud.databricks.com` } }) }],
+    ["DATABRICKS_TOKEN_BROKER_TARGETS.x.token_endpoint", { DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ x: { host: "https://dbc-2.cloud.databricks.com", token_endpoint: `https://admin:${SECRET}@dbc-2.cloud.databricks.com/oidc/v1/token` } }) }],
+    ["AWS_ENDPOINT_URL_STS", { AWS_ENDPOINT_URL_STS: `https://admin:${SECRET}@sts.example.com` }],
+    ["AWS_ENDPOINT_URL_STS", { AWS_ENDPOINT_URL_STS: `http://admin:${SECRET}@sts.example.com` }],
+    ["AWS_ENDPOINT_URL", { AWS_ENDPOINT_URL: `https://admin:${SECRET}@sts.example.com` }],
+  ])("refuses it in %s and never quotes it", (variable, override) => {
+    const m = problem({ ...base, ...override });
+    expect(m).toContain(`${variable}: `);
+    expect(m).not.toContain(SECRET);
+    expect(m).not.toContain("admin");
+  });
+
+  it("in DATABRICKS_TOKEN_BROKER_TARGETS that is not JSON: the parser's quote of the text is dropped", () => {
+    // V8 quotes about ten characters either side of an unexpected token.
+    const m = problem({ ...base, DATABRICKS_TOKEN_BROKER_TARGETS: '{"x": {"host": ["https://admin:Pa55@h", x]}}' });
+    expect(m).toMatch(/DATABRICKS_TOKEN_BROKER_TARGETS: must be JSON/);
+    expect(m).not.toContain("Pa55");
+  });
+
+  it("says why, and quotes the rest of the URL with the user name and password masked", () => {
+    const m = problem({ ...base, DATABRICKS_HOST: `https://admin:${SECRET}@dbc-1.cloud.databricks.com` });
+    expect(m).toMatch(/DATABRICKS_HOST: must not carry a user name or password/);
+    expect(m).toContain("https://***@dbc-1.cloud.databricks.com");
+  });
+
+  it("in DATABRICKS_METADATA_SERVICE_URL, which the broker does not read, a warning that quotes neither", () => {
+    const p = parseConfig({ ...base, DATABRICKS_AUTH_TYPE: "metadata-service", DATABRICKS_METADATA_SERVICE_URL: `http://admin:${SECRET}@localhost:2775/metadata` });
+    if (!p.enabled) throw new Error("expected enabled");
+    expect(p.warnings).toEqual([expect.objectContaining({ variable: "DATABRICKS_METADATA_SERVICE_URL", detail: expect.stringMatching(/user name or password/) })]);
+    expect(JSON.stringify(p.warnings)).not.toContain(SECRET);
+  });
+});
+
 describe("configuration warnings", () => {
   const URL = "http://localhost:2775/metadata";
   const SP = { ...base, DATABRICKS_CLIENT_ID: "5e1a0000-0000-4000-8000-000000000001" };
