@@ -14,7 +14,6 @@ import { createTokenCache } from "./pipeline.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
 import type { Logger } from "./log.js";
-import { preconnect, preconnectUrls } from "./preconnect.js";
 import { logRefreshes } from "./refresh-log.js";
 import { deferStsPort, type GetWebIdentityToken } from "./sts.js";
 import type { TokenCache } from "./token-cache.js";
@@ -90,7 +89,11 @@ async function idle(api: ExtensionsApi, log: Logger, enabledValue: string | unde
 async function runBroker(config: Config, { managed, events }: { managed: boolean; events: EventType[] }, log: Logger, { env, api, loadSts, fetch, now = Date.now }: RunOptions): Promise<number> {
   const snapStart = config.initializationType === "snap-start";
   const sts = deferStsPort(() => loadSts(config.region));
-  const cache = createTokenCache(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch, log, now, onRefresh: logRefreshes(log) });
+  // The app loads once the first exchange is on its way, so that its loading takes the CPU
+  // while the exchange waits on the network, not while the STS request is being built.
+  let exchangeStarted = () => {};
+  const firstExchange = new Promise<void>((resolve) => (exchangeStarted = resolve));
+  const cache = createTokenCache(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch, log, now, onRefresh: logRefreshes(log), onExchangeStart: () => exchangeStarted() });
   if (snapStart) cache.suspend(SNAPSTART_INIT);
   // Requests that arrive before the app is loaded are held by the listener, then answered by it.
   let app: Promise<FastifyInstance | undefined> | undefined;
@@ -120,14 +123,12 @@ async function runBroker(config: Config, { managed, events }: { managed: boolean
     const sdk = sts.load().catch((err: unknown) => log.warn("could not load the AWS SDK before the snapshot", { error: err }));
     await Promise.all([sdk, loadApp()]);
   }
-  // Once the first `event/next` is out, Lambda's init is over: the prefetch, the warm-up of the
-  // token endpoints' connections (preconnect.ts) and the app's loading no longer hold it up.
+  // Once the first `event/next` is out, Lambda's init is over: the prefetch and the app's
+  // loading no longer hold it up. The app loads as the first exchange starts, or once the
+  // prefetch has ended without one (STS refused, say).
   const startServing = once(() => {
-    if (!snapStart) {
-      cache.refreshDue();
-      void preconnect(fetch, preconnectUrls(config.targets.values()), log);
-    }
-    void loadApp();
+    if (!snapStart) cache.refreshDue();
+    void Promise.race([firstExchange, cache.settled()]).then(loadApp);
   });
   return handleEvents({ api, cache, log, now, snapStart, managed, listener, app: loadApp, startServing });
 }

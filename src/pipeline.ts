@@ -44,6 +44,8 @@ export interface PipelineDeps extends Pick<TokenCacheOptions, "now" | "random" |
   getWebIdentityToken: GetWebIdentityToken;
   fetch: FetchLike;
   log: Logger;
+  /** Called as each exchange starts, STS having answered: from then on the refresh waits on the network. */
+  onExchangeStart?: () => void;
 }
 
 /** Builds the token cache for `config`, with a fresh STS JWT for every exchange. */
@@ -62,10 +64,12 @@ export function createTokenCache(config: Config, deps: PipelineDeps): TokenCache
   // after Databricks did the exchange makes a resend a replay, refused as invalid_grant.
   const exchangeFreshJwt = async (target: Target, signal?: AbortSignal) => {
     const subject = await retryStaleOnce(() => getJwt(signal));
-    return exchange(target, subject, signal).catch((err: unknown) => {
+    const token = exchange(target, subject, signal).catch((err: unknown) => {
       // The JWT's claims turn "no policy matched" into the policy values to set.
       throw explainExchangeFailure(err, subject.jwt, target);
     });
+    deps.onExchangeStart?.();
+    return token;
   };
   // STS's own stale retry is inside; this one is for the exchange's, so STS is not retried twice over.
   const source: TokenSource = (target: Target, signal?: AbortSignal) =>

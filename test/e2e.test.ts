@@ -65,22 +65,6 @@ describe("the extension in a Lambda environment", () => {
     expect(s.db.exchanges[0]).toMatchObject({ clientId: "5e1ad7f0-6b1f-4c58-a3c2-9d6a3f7c1b20", scope: "all-apis" });
   });
 
-  it("opens the connection to the token endpoint while STS answers, and the exchange uses it", async () => {
-    // STS slower than a cold TLS handshake makes it: time enough for the warm-up to finish,
-    // with most of a second to spare on a loaded machine.
-    const s = await stack({ before: ({ sts }) => sts.setFault({ kind: "delay", ms: 1_000 }) });
-    await s.lambda.init;
-    expect((await s.lambda.invoke(async () => (await s.token()).status)).result).toBe(200);
-    // One GET of the discovery document, without credentials, while the STS call was out.
-    expect(s.db.discoveries).toEqual([expect.objectContaining({ path: "/oidc/.well-known/oauth-authorization-server", authorization: false })]);
-    const [exchange] = s.db.exchanges;
-    expect(s.db.discoveries[0]!.time).toBeLessThan(exchange!.time - 100);
-    expect(exchange!.remotePort).toBe(s.db.discoveries[0]!.remotePort);
-    // Once per process: later refreshes find fetch loaded and go straight to the exchange.
-    await s.lambda.invoke();
-    expect(s.db.discoveries).toHaveLength(1);
-  });
-
   it("refreshes on INVOKE inside the window and waits for it before the next event", async () => {
     const s = await stack(SHORT);
     await s.lambda.init;
