@@ -2,8 +2,9 @@
  * The bench of issue 5: each figure of the broker measured in the same run as its baseline,
  * printed as a ratio and written to bench/RESULTS.md. Started by `bench/run.mjs`, which builds
  * the layer and bundles this program. Sections, each selectable with `--only=`: serving,
- * startup, first-token, function, upstream, and peers (bench/peers.ts: a Python function under
- * AWS's Lambda emulator, the way Databricks documents against the broker's).
+ * startup, first-token, function, upstream, peers (bench/peers.ts: a Python function under
+ * AWS's Lambda emulator, the way Databricks documents against the broker's) and footprint
+ * (bench/footprint.ts: CPU and memory, issue 13).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -15,8 +16,9 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { CLIENT_ID, freePort } from "../test/stack.js";
 import { startDatabricks, type DatabricksStandIn } from "../test/standins/databricks.js";
-import { type LambdaEmulator, startLambda } from "../test/standins/lambda.js";
+import { type LambdaEmulator, type StartLambdaOptions, startLambda } from "../test/standins/lambda.js";
 import { startSts, type StsStandIn } from "../test/standins/sts.js";
+import { footprint } from "./footprint.js";
 import type { FunctionMessage, FunctionMode, InvokeMessage } from "./function.js";
 import type { LoadJob, LoadResult } from "./load.js";
 import { peers, type PeersFigure } from "./peers.js";
@@ -111,10 +113,11 @@ interface Broker {
   spawnedEpochMs: number;
 }
 
-async function startBroker(env: Record<string, string | undefined> = {}): Promise<Broker> {
+async function startBroker(env: Record<string, string | undefined> = {}, options: Partial<StartLambdaOptions> = {}): Promise<Broker> {
   const port = await freePort();
   const lambda = await startLambda({
     command: LAUNCHER,
+    ...options,
     // The bench talks to the extension from outside any invoke (load runs, the first GET the
     // moment init ends), which no function in Lambda can do: nothing is frozen while it does.
     freezeWhenIdle: false,
@@ -667,6 +670,23 @@ try {
         const bare = await startBareServer(body);
         return { port: bare.port, stop: () => bare.child.kill() };
       },
+    });
+  }
+  if (wanted("footprint")) {
+    await footprint({
+      startBroker,
+      stopBroker,
+      runLoad,
+      launcher: LAUNCHER,
+      layerDir: LAYER_DIR,
+      scratch,
+      bareIdle,
+      sessionToken: SESSION_TOKEN,
+      quick,
+      reps,
+      log,
+      figure,
+      note: (text) => notes.push(text),
     });
   }
 } finally {

@@ -1,0 +1,258 @@
+/**
+ * Section 7 of the bench (issue 13): what the broker takes from the function's budget, in CPU
+ * at each stage of its life and in resident memory, against bare Node.js started the same way
+ * in the same run. Imported by bench/main.ts, which hands it the stack (stand-ins, emulator,
+ * load generator) through `FootprintDeps`.
+ *
+ * `--footprint-flags="A;B"` adds experiment rows: the extension started by a copy of the
+ * launcher whose last line runs `node <flags> index.cjs` (the launcher unsets NODE_OPTIONS, so
+ * flags cannot reach it any other way), one row set per `;`-separated flag set, interleaved
+ * with the launcher as built, each compared with it.
+ */
+import { readFileSync } from "node:fs";
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import type { LambdaEmulator, StartLambdaOptions } from "../test/standins/lambda.js";
+import { startLambda } from "../test/standins/lambda.js";
+import type { LoadJob, LoadResult } from "./load.js";
+import type { PeersFigure } from "./peers.js";
+
+export interface FootprintDeps {
+  /** bench/main.ts's startBroker: the layer's launcher under the emulator, with the stand-ins' settings. */
+  startBroker(env?: Record<string, string | undefined>, options?: Partial<StartLambdaOptions>): Promise<{ lambda: LambdaEmulator; base: string }>;
+  stopBroker(b: { lambda: LambdaEmulator }): Promise<void>;
+  runLoad(job: LoadJob): Promise<LoadResult>;
+  /** The layer's launcher, and the layer directory it runs from. */
+  launcher: string;
+  layerDir: string;
+  /** A directory this run may write into (removed by main.ts). */
+  scratch: string;
+  /** The launcher with its last line running an idle `node -e` that prints `up` (main.ts's memory baseline). */
+  bareIdle: string;
+  sessionToken: string;
+  quick: boolean;
+  reps(n: number): number;
+  log(line: string): void;
+  figure(f: PeersFigure): void;
+  note(text: string): void;
+}
+
+/** Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times. */
+const TICKS_PER_SECOND = 100;
+const ASKS = 1000;
+const INVOKES = 200;
+const BURST = { connections: 10, durationSeconds: 5 };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const msText = (x: number) => `${x.toFixed(1)} ms`;
+const usText = (x: number) => `${x.toFixed(0)} µs`;
+const mibText = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
+const ratio = (x: number, base: number) => `${(x / base).toFixed(2)}×`;
+
+/** Fields of /proc/<pid>/stat after the parenthesised command name (field 3 is index 0). */
+function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(")") + 2).trim().split(" ");
+}
+
+/** CPU ms (user + system, every thread, living or gone) `pid` has used so far. */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  return ((Number(f[11]) + Number(f[12])) * 1000) / TICKS_PER_SECOND;
+}
+
+function statusKiB(pid: number | undefined, field: "VmRSS" | "VmHWM"): number {
+  if (pid === undefined) return Number.NaN;
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? Number.NaN);
+}
+
+/** What one cold start of the extension measured, CPU in ms since spawn unless said. */
+interface Sample {
+  registered: number;
+  initDone: number;
+  firstToken: number;
+  /** Wall ms, spawn → first answer (no upstream delays here). */
+  firstTokenWallMs: number;
+  perAnswerUs: number;
+  perInvokeUs: number;
+  rssAsksKiB: number;
+  rssBurstKiB: number;
+  peakKiB: number;
+  burstRps: number;
+}
+
+interface Variant {
+  label: string;
+  flags: string;
+  command: string;
+  samples: Sample[];
+}
+
+export async function footprint(d: FootprintDeps): Promise<void> {
+  d.log("7. Footprint: CPU at each stage and resident memory, against bare Node.js started the same way");
+  const text = await readFile(d.launcher, "utf8");
+  const lastLine = `exec "$node" "$bundle/index.cjs"`;
+  const bundleLine = `bundle="$here/databricks-token-broker"`;
+  if (!text.includes(lastLine) || !text.includes(bundleLine)) throw new Error(`the launcher no longer has ${lastLine} and ${bundleLine}`);
+
+  /** A launcher copy named as the extension, in its own directory, with its last line replaced. */
+  const launcherCopy = async (dirName: string, last: string) => {
+    const dir = join(d.scratch, "footprint", dirName, "extensions");
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, "databricks-token-broker");
+    // The layer's bundle by absolute path: the same Node.js is picked as for the launcher itself.
+    const bundle = join(d.layerDir, "databricks-token-broker");
+    // Replacer functions: a replacement string would read `$$` as a pattern.
+    await writeFile(file, text.replace(bundleLine, () => `bundle='${bundle}'`).replace(lastLine, () => last));
+    await chmod(file, 0o755);
+    return file;
+  };
+
+  // Bare `node -e ''`: the launcher runs it as a child instead of exec'ing it, then prints its own
+  // /proc stat, whose cutime/cstime hold the reaped node's CPU, beside the shell's own (which the
+  // extension's figure holds too: the launcher execs node in the same process).
+  const bareCpuLauncher = await launcherCopy("bare-cpu", `"$node" -e ''\nread -r s < /proc/$$/stat\necho "cpu $s"`);
+  const bareCpu = async (): Promise<number> => {
+    const lambda = await startLambda({ command: bareCpuLauncher, env: {} });
+    try {
+      const line = await lambda.waitForLine(/^cpu /, { timeoutMs: 10_000 });
+      const f = statFields(line.slice(4));
+      return ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / TICKS_PER_SECOND;
+    } finally {
+      await lambda.close();
+    }
+  };
+  const bareRss = async (): Promise<number> => {
+    const lambda = await startLambda({ command: d.bareIdle, env: {} });
+    try {
+      await lambda.waitForLine(/^up$/);
+      await sleep(50);
+      return statusKiB(lambda.pid, "VmRSS");
+    } finally {
+      await lambda.close();
+    }
+  };
+
+  const flagSets = (process.argv.find((a) => a.startsWith("--footprint-flags="))?.slice("--footprint-flags=".length) ?? "")
+    .split(";")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const variants: Variant[] = [{ label: "as built", flags: "", command: d.launcher, samples: [] }];
+  for (const [i, flags] of flagSets.entries()) {
+    const command = await launcherCopy(`flags-${i}`, `exec "$node" ${flags} "$bundle/index.cjs"`);
+    variants.push({ label: `node ${flags}`, flags, command, samples: [] });
+  }
+
+  const headers = { "x-aws-session-token": d.sessionToken };
+  const coldStart = async (v: Variant): Promise<Sample> => {
+    let pid: number | undefined;
+    let registered = Number.NaN;
+    const b = await d.startBroker({}, {
+      command: v.command,
+      // Runs the moment the emulator has answered the register request (Lambda starts the runtime then).
+      functionInit: () => {
+        registered = cpuMs(pid);
+      },
+    });
+    pid = b.lambda.pid;
+    try {
+      const init = await b.lambda.init;
+      if (!init.ok) throw new Error(`${v.label}: init ${init.status}: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-5).join("\n")}`);
+      const initDone = cpuMs(pid);
+      const ask = async () => {
+        const r = await fetch(`${b.base}/token`, { headers });
+        await r.arrayBuffer();
+        if (r.status !== 200) throw new Error(`${v.label}: GET /token answered ${r.status}`);
+      };
+      await ask();
+      const firstTokenWallMs = performance.now() - b.lambda.timings.spawnedAt;
+      const firstToken = cpuMs(pid);
+      let c0 = cpuMs(pid);
+      for (let i = 0; i < ASKS; i++) await ask();
+      const perAnswerUs = ((cpuMs(pid) - c0) * 1000) / ASKS;
+      await sleep(50);
+      const rssAsksKiB = statusKiB(pid, "VmRSS");
+      c0 = cpuMs(pid);
+      for (let i = 0; i < INVOKES; i++) {
+        const r = await b.lambda.invoke();
+        if (r.timedOut) throw new Error(`${v.label}: an INVOKE timed out`);
+      }
+      const perInvokeUs = ((cpuMs(pid) - c0) * 1000) / INVOKES;
+      const load = await d.runLoad({ url: `${b.base}/token`, headers, ...BURST });
+      if (load.non2xx || load.errors || load.timeouts) throw new Error(`${v.label}: burst: ${load.non2xx} non-2xx, ${load.errors} errors, ${load.timeouts} timeouts`);
+      await sleep(50);
+      const rssBurstKiB = statusKiB(pid, "VmRSS");
+      const peakKiB = statusKiB(pid, "VmHWM");
+      return { registered, initDone, firstToken, firstTokenWallMs, perAnswerUs, perInvokeUs, rssAsksKiB, rssBurstKiB, peakKiB, burstRps: load.requestsPerSecond };
+    } finally {
+      await d.stopBroker(b);
+    }
+  };
+
+  const bareCpus: number[] = [];
+  const bareRsses: number[] = [];
+  const rounds = d.reps(7);
+  // Rounds interleave every variant and the baselines, so drift in the machine's load falls on all alike.
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < 3; i++) bareCpus.push(await bareCpu());
+    bareRsses.push(await bareRss());
+    for (const v of variants) {
+      const s = await coldStart(v);
+      v.samples.push(s);
+      d.log(
+        `  round ${round + 1}, ${v.label}: CPU registered ${s.registered} ms, init ${s.initDone} ms, first token ${s.firstToken} ms (${msText(s.firstTokenWallMs)} wall); ${s.perAnswerUs.toFixed(0)} µs/answer, ${s.perInvokeUs.toFixed(0)} µs/INVOKE; RSS ${mibText(s.rssAsksKiB)} after asks, ${mibText(s.rssBurstKiB)} after burst (${s.burstRps.toFixed(0)} req/s), peak ${mibText(s.peakKiB)}`,
+      );
+    }
+  }
+
+  const cpuBase = mean(bareCpus);
+  const rssBase = median(bareRsses);
+  const section = "7. Footprint";
+  const [built, ...experiments] = variants as [Variant, ...Variant[]];
+  const of = (v: Variant, k: keyof Sample, agg: (xs: number[]) => number = median) => agg(v.samples.map((s) => s[k]));
+  const bareCpuText = `${msText(cpuBase)} (\`node -e ''\`)`;
+  const cpuStage = (name: string, k: "registered" | "initDone" | "firstToken", goal = "—", limit?: number) => {
+    const x = of(built, k, mean);
+    d.figure({ section, name, broker: msText(x), baseline: bareCpuText, ratio: ratio(x, cpuBase), goal, met: limit === undefined ? undefined : x / cpuBase <= limit });
+  };
+  cpuStage("CPU, spawn → registered", "registered");
+  cpuStage("CPU, spawn → init done (first event/next)", "initDone");
+  cpuStage("CPU, spawn → first token served", "firstToken", "≤ 2.00×", 2);
+  d.figure({ section, name: "CPU per cached answer (sequential asks)", broker: usText(of(built, "perAnswerUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
+  d.figure({ section, name: "CPU per INVOKE cycle", broker: usText(of(built, "perInvokeUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
+  const rssAsks = of(built, "rssAsksKiB");
+  const rssBurst = of(built, "rssBurstKiB");
+  const bareRssText = `${mibText(rssBase)} (idle \`node\`)`;
+  d.figure({ section, name: `RSS after the first token and ${ASKS.toLocaleString("en")} sequential asks`, broker: mibText(rssAsks), baseline: bareRssText, ratio: ratio(rssAsks, rssBase), goal: "≤ 1.40×", met: rssAsks / rssBase <= 1.4 });
+  d.figure({ section, name: `RSS after a ${BURST.connections}-connection, ${BURST.durationSeconds} s burst`, broker: mibText(rssBurst), baseline: bareRssText, ratio: ratio(rssBurst, rssBase), goal: "≤ 1.60×", met: rssBurst / rssBase <= 1.6 });
+  d.figure({ section, name: "peak RSS (VmHWM) after the burst", broker: mibText(of(built, "peakKiB")), baseline: bareRssText, ratio: ratio(of(built, "peakKiB"), rssBase), goal: "report", met: undefined });
+
+  for (const v of experiments) {
+    const ex = `${section}, experiment: node ${v.flags}`;
+    const row = (name: string, k: keyof Sample, fmt: (x: number) => string, bare?: number, agg: (xs: number[]) => number = median) => {
+      const x = of(v, k, agg);
+      const base = of(built, k, agg);
+      d.figure({ section: ex, name, broker: fmt(x), baseline: `${fmt(base)} (as built)`, ratio: `${ratio(x, base)}${bare === undefined ? "" : `; ${ratio(x, bare)} bare`}`, goal: "report", met: undefined });
+    };
+    row("CPU, spawn → first token served", "firstToken", msText, cpuBase, mean);
+    row("spawn → first token, wall", "firstTokenWallMs", msText);
+    row("CPU per cached answer", "perAnswerUs", usText);
+    row("CPU per INVOKE cycle", "perInvokeUs", usText);
+    row(`RSS after ${ASKS.toLocaleString("en")} asks`, "rssAsksKiB", mibText, rssBase);
+    row("RSS after the burst", "rssBurstKiB", mibText, rssBase);
+    row("peak RSS", "peakKiB", mibText, rssBase);
+    row("burst requests per second", "burstRps", (x) => x.toFixed(0));
+  }
+
+  d.note(
+    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in 10 ms ticks, so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
+  );
+}
