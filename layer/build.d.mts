@@ -8,5 +8,6 @@ export declare function buildLayerTree(outDir?: string): Promise<number>;
 export declare function thirdPartyNotices(inputs: string[], root?: string): Promise<string>;
 export declare const MAX_ZIPPED_BYTES: number;
 export declare const MAX_UNZIPPED_BYTES: number;
+export declare const MAX_WITH_NODE_UNZIPPED_BYTES: number;
 export declare function buildAll(options?: { dist?: string; cacheDir?: string }): Promise<{ name: string; zipped: number; unzipped: number }[]>;
 export declare const ARTIFACTS: string[];

@@ -3,12 +3,15 @@
  * under the emulator. Building the with-Node.js flavour downloads Node.js from the npm
  * registry once (cached under node_modules/.cache).
  */
+import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, stat, writeFile, chmod, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import yauzl from "yauzl";
-import { buildAll, MAX_UNZIPPED_BYTES, MAX_ZIPPED_BYTES } from "../layer/build.mjs";
+import { buildAll, MAX_UNZIPPED_BYTES, MAX_WITH_NODE_UNZIPPED_BYTES, MAX_ZIPPED_BYTES } from "../layer/build.mjs";
+import { NODE_VERSION } from "../layer/node-runtime.mjs";
 import { startStack } from "./stack.js";
 
 interface Entry {
@@ -46,6 +49,28 @@ function unzip(file: string, dir: string): Promise<Entry[]> {
       zip.readEntry();
     });
   });
+}
+
+/** The names of an ELF64 little-endian file's sections. */
+function elfSections(elf: Buffer): string[] {
+  const shoff = Number(elf.readBigUInt64LE(0x28));
+  const [entsize, count, strndx] = [elf.readUInt16LE(0x3a), elf.readUInt16LE(0x3c), elf.readUInt16LE(0x3e)];
+  const header = (i: number) => shoff + i * entsize;
+  const strtab = Number(elf.readBigUInt64LE(header(strndx) + 0x18));
+  return Array.from({ length: count }, (_, i) => {
+    const start = strtab + elf.readUInt32LE(header(i));
+    return elf.toString("latin1", start, elf.indexOf(0, start));
+  });
+}
+
+/** What the with-Node.js flavour ships of Node.js: a stripped binary (no symbol table, no debug info) and its licence. */
+function expectStrippedNode(entries: Entry[], elf: Buffer, machine: number) {
+  expect(entries.filter((e) => e.name.startsWith("databricks-token-broker/node/")).map((e) => e.name).sort()).toEqual(["databricks-token-broker/node/LICENSE", "databricks-token-broker/node/bin/node"]);
+  expect(elf.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
+  expect(elf.readUInt16LE(18)).toBe(machine);
+  const sections = elfSections(elf);
+  expect(sections).toContain(".dynsym"); // what native addons link against stays
+  expect(sections.filter((s) => s === ".symtab" || s.startsWith(".debug_"))).toEqual([]);
 }
 
 let dist: string;
@@ -92,6 +117,13 @@ describe("npm run build", () => {
     }
   });
 
+  it("keeps each with-Node.js flavour within 110 MB unzipped (issue 13)", () => {
+    expect(MAX_WITH_NODE_UNZIPPED_BYTES).toBe(110 * 1024 * 1024);
+    const withNode = artifacts.filter((a) => a.name.startsWith("layer-with-node-"));
+    expect(withNode).toHaveLength(2);
+    for (const a of withNode) expect(a.unzipped, a.name).toBeLessThanOrEqual(MAX_WITH_NODE_UNZIPPED_BYTES);
+  });
+
   it("layer.zip: the launcher is executable, the bundle self-contained, and it runs from any directory", async () => {
     const { dir, entries } = await unpacked("layer.zip");
     expect(entries.find((e) => e.name === "extensions/databricks-token-broker")?.mode).toBe(0o755);
@@ -109,6 +141,10 @@ describe("npm run build", () => {
   it("layer-with-node-x86_64.zip runs on its own Node.js", async () => {
     const { dir, entries } = await unpacked("layer-with-node-x86_64.zip");
     expect(entries.find((e) => e.name === "databricks-token-broker/node/bin/node")?.mode).toBe(0o755);
+    const node = join(dir, "databricks-token-broker", "node", "bin", "node");
+    expectStrippedNode(entries, await readFile(node), 0x3e); // EM_X86_64
+    // The stripped binary still runs.
+    expect((await promisify(execFile)(node, ["--version"])).stdout.trim()).toBe(`v${NODE_VERSION}`);
     // The bundle's notices and Node.js's licence, in the one notices file.
     const notices = await readFile(join(dir, "databricks-token-broker", "THIRD-PARTY-NOTICES.txt"), "utf8");
     expect(notices).toContain("\nfastify ");
@@ -119,10 +155,8 @@ describe("npm run build", () => {
   }, 60_000);
 
   it("layer-with-node-arm64.zip carries an arm64 Node.js", async () => {
-    const { dir } = await unpacked("layer-with-node-arm64.zip");
-    const elf = await readFile(join(dir, "databricks-token-broker", "node", "bin", "node"));
-    expect(elf.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
-    expect(elf.readUInt16LE(18)).toBe(0xb7); // e_machine EM_AARCH64
+    const { dir, entries } = await unpacked("layer-with-node-arm64.zip");
+    expectStrippedNode(entries, await readFile(join(dir, "databricks-token-broker", "node", "bin", "node")), 0xb7); // EM_AARCH64
     expect((await stat(join(dir, "extensions", "databricks-token-broker"))).mode & 0o777).toBe(0o755);
   });
 });
