@@ -86,10 +86,10 @@ export async function nodeFor(arch, cacheDir) {
 
 /**
  * Writes the Node.js the layer ships for `arch` into `outDir`: `bin/node` without its symbol
- * table and debug info (`strip --strip-all`, 24.22.3: 121.0 MiB to 103.7 MiB on x86_64, 117.7
- * to 98.6 MiB on arm64; `--strip-debug` alone leaves 118.4 and 115.1 MiB), and `LICENSE`. Stripped from the
- * copy nodeFor has just verified, on every build, so nothing unverified is ever shipped; the
- * cached copy stays as pinned. Dynamic symbols, which native addons link against, stay.
+ * table and debug info (`--strip-all`: `--strip-debug` alone leaves the x86_64 layer over its
+ * 110 MB budget), and `LICENSE`. Stripped from the copy nodeFor has just verified, on every
+ * build, so nothing unverified is ever shipped; the cached copy stays as pinned. Dynamic
+ * symbols, which native addons link against, stay.
  * @param {"x86_64" | "arm64"} arch
  */
 export async function layerNodeFor(arch, cacheDir, outDir) {
