@@ -87,6 +87,9 @@ interface Sample {
   rssBurstKiB: number;
   peakKiB: number;
   burstRps: number;
+  /** Wall ms of the 1,000 asks and of the INVOKE cycles, for the log. */
+  asksWallMs: number;
+  invokesWallMs: number;
 }
 
 interface Variant {
@@ -94,6 +97,8 @@ interface Variant {
   flags: string;
   command: string;
   samples: Sample[];
+  /** Set when a cold start of an experiment failed: it is dropped from later rounds. */
+  failed?: string;
 }
 
 export async function footprint(d: FootprintDeps): Promise<void> {
@@ -168,30 +173,34 @@ export async function footprint(d: FootprintDeps): Promise<void> {
       if (!init.ok) throw new Error(`${v.label}: init ${init.status}: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-5).join("\n")}`);
       const initDone = cpuMs(pid);
       const ask = async () => {
-        const r = await fetch(`${b.base}/token`, { headers });
-        await r.arrayBuffer();
-        if (r.status !== 200) throw new Error(`${v.label}: GET /token answered ${r.status}`);
+        const r = await fetch(`${b.base}/token`, { headers, signal: AbortSignal.timeout(30_000) });
+        const body = await r.text();
+        if (r.status !== 200) throw new Error(`${v.label}: GET /token answered ${r.status} ${body.slice(0, 300)}; the extension's last lines: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-3).join(" / ").slice(0, 600)}`);
       };
       await ask();
       const firstTokenWallMs = performance.now() - b.lambda.timings.spawnedAt;
       const firstToken = cpuMs(pid);
+      let t0 = performance.now();
       let c0 = cpuMs(pid);
       for (let i = 0; i < ASKS; i++) await ask();
       const perAnswerUs = ((cpuMs(pid) - c0) * 1000) / ASKS;
+      const asksWallMs = performance.now() - t0;
       await sleep(50);
       const rssAsksKiB = statusKiB(pid, "VmRSS");
+      t0 = performance.now();
       c0 = cpuMs(pid);
       for (let i = 0; i < INVOKES; i++) {
         const r = await b.lambda.invoke();
         if (r.timedOut) throw new Error(`${v.label}: an INVOKE timed out`);
       }
       const perInvokeUs = ((cpuMs(pid) - c0) * 1000) / INVOKES;
+      const invokesWallMs = performance.now() - t0;
       const load = await d.runLoad({ url: `${b.base}/token`, headers, ...BURST });
       if (load.non2xx || load.errors || load.timeouts) throw new Error(`${v.label}: burst: ${load.non2xx} non-2xx, ${load.errors} errors, ${load.timeouts} timeouts`);
       await sleep(50);
       const rssBurstKiB = statusKiB(pid, "VmRSS");
       const peakKiB = statusKiB(pid, "VmHWM");
-      return { registered, initDone, firstToken, firstTokenWallMs, perAnswerUs, perInvokeUs, rssAsksKiB, rssBurstKiB, peakKiB, burstRps: load.requestsPerSecond };
+      return { registered, initDone, firstToken, firstTokenWallMs, perAnswerUs, perInvokeUs, rssAsksKiB, rssBurstKiB, peakKiB, burstRps: load.requestsPerSecond, asksWallMs, invokesWallMs };
     } finally {
       await d.stopBroker(b);
     }
@@ -205,10 +214,20 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     for (let i = 0; i < 3; i++) bareCpus.push(await bareCpu());
     bareRsses.push(await bareRss());
     for (const v of variants) {
-      const s = await coldStart(v);
+      if (v.failed) continue;
+      let s: Sample;
+      try {
+        s = await coldStart(v);
+      } catch (e) {
+        // An experiment that breaks the extension is a finding, not the end of the run.
+        if (v === variants[0]) throw e;
+        v.failed = e instanceof Error ? e.message : String(e);
+        d.log(`  round ${round + 1}, ${v.label}: FAILED: ${v.failed}`);
+        continue;
+      }
       v.samples.push(s);
       d.log(
-        `  round ${round + 1}, ${v.label}: CPU registered ${s.registered} ms, init ${s.initDone} ms, first token ${s.firstToken} ms (${msText(s.firstTokenWallMs)} wall); ${s.perAnswerUs.toFixed(0)} µs/answer, ${s.perInvokeUs.toFixed(0)} µs/INVOKE; RSS ${mibText(s.rssAsksKiB)} after asks, ${mibText(s.rssBurstKiB)} after burst (${s.burstRps.toFixed(0)} req/s), peak ${mibText(s.peakKiB)}`,
+        `  round ${round + 1}, ${v.label}: CPU registered ${s.registered} ms, init ${s.initDone} ms, first token ${s.firstToken} ms (${msText(s.firstTokenWallMs)} wall); ${s.perAnswerUs.toFixed(0)} µs/answer (${(s.asksWallMs / ASKS).toFixed(2)} ms wall), ${s.perInvokeUs.toFixed(0)} µs/INVOKE (${(s.invokesWallMs / INVOKES).toFixed(2)} ms wall); RSS ${mibText(s.rssAsksKiB)} after asks, ${mibText(s.rssBurstKiB)} after burst (${s.burstRps.toFixed(0)} req/s), peak ${mibText(s.peakKiB)}`,
       );
     }
   }
@@ -237,6 +256,11 @@ export async function footprint(d: FootprintDeps): Promise<void> {
 
   for (const v of experiments) {
     const ex = `${section}, experiment: node ${v.flags}`;
+    d.log(`  experiment: node ${v.flags}`);
+    if (v.failed) {
+      d.figure({ section: ex, name: "cold start and first token", broker: `failed: ${v.failed.replace(/\|/g, "/").replace(/\s+/g, " ")}`, baseline: "—", ratio: "—", goal: "report", met: false });
+      continue;
+    }
     const row = (name: string, k: keyof Sample, fmt: (x: number) => string, bare?: number, agg: (xs: number[]) => number = median) => {
       const x = of(v, k, agg);
       const base = of(built, k, agg);
@@ -253,6 +277,6 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   }
 
   d.note(
-    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in 10 ms ticks, so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
+    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
   );
 }
