@@ -10,6 +10,7 @@ import { expect } from "vitest";
 import { ask, crashLines, fastEnv, logLines, type Observation, rssKiB, servedWrong, sleep } from "./harness.js";
 import { type Stack, startStack } from "./stack.js";
 import type { ShutdownResult } from "./standins/lambda.js";
+import { BACKOFF_CAP_MS } from "../src/token-cache.js";
 
 export const SOAK_MS = Number(process.env.SOAK_MS ?? 90_000);
 /** 8 s tokens, refreshed from 4 s left, never served under 3 s. */
@@ -48,6 +49,8 @@ export interface SoakOutcome {
   toggled: string[];
   rss: { at: number; kib: number }[];
   recovered: Observation[];
+  /** From the faults' end to the first 200 after it. */
+  recoveredMs?: number;
   aliveAtEnd: boolean;
   shutdown?: ShutdownResult;
   refreshed: number;
@@ -125,9 +128,17 @@ export async function runSoak(): Promise<SoakOutcome> {
     };
     await Promise.all([requester(), requester(), requester(), requester(), driver(), toggler(), sampler()]);
 
-    // Everything healthy again: a fresh, valid token comes at once on the next invoke.
-    const after = await s.lambda.invoke(async () => ask(s, "token"));
-    out.recovered = [after.result!, await ask(s, "token")];
+    // Everything healthy again: a fresh, valid token comes on an invoke once the backoff that
+    // the last faults left has run out (it never exceeds BACKOFF_CAP_MS), then on every ask.
+    const healthyAt = Date.now();
+    for (;;) {
+      const after = await s.lambda.invoke(async () => ask(s, "token"));
+      out.recovered = [after.result!];
+      if (after.result?.status === 200 || Date.now() - healthyAt > BACKOFF_CAP_MS + 5_000) break;
+      await sleep(500);
+    }
+    out.recovered.push(await ask(s, "token"));
+    out.recoveredMs = Date.now() - healthyAt;
     obs.push(...out.recovered);
     out.aliveAtEnd = s.lambda.alive;
     out.shutdown = await s.lambda.shutdown();
@@ -170,7 +181,7 @@ export function soakFigures(o: SoakOutcome): string {
     `${o.obs.length} requests (${asked.filter((x) => x.status === 200).length} tokens served, ${asked.filter((x) => x.status === 503).length} answered 503, ${o.obs.filter((x) => x.route === "health").length} health),`,
     `statuses ${JSON.stringify(statuses)},`,
     `${o.invokes} invokes, ${o.freezes.length} freezes (longest ${(Math.max(0, ...o.freezes) / 1000).toFixed(1)} s, ${(o.freezes.reduce((a, b) => a + b, 0) / 1000).toFixed(0)} s frozen),`,
-    `${o.toggled.length} faults switched on and off,`,
+    `${o.toggled.length} faults switched on and off (healthy again: first token after ${o.recoveredMs ?? "?"} ms),`,
     `${o.refreshed} tokens refreshed (${o.exchangesOk} exchanges, ${o.stsCalls} STS calls),`,
     `${o.expired} expired served, ${o.wrong.length} served wrong,`,
     `RSS ${mib(startKiB)} MiB at start → ${mib(endKiB)} MiB at end (max ${mib(maxKiB)} MiB, ${o.rss.length} samples)`,
@@ -191,7 +202,7 @@ export function judgeSoak(o: SoakOutcome): void {
   for (const x of asked.filter((y) => y.status === 503)) {
     expect(x.body).toMatchObject({ error: "token_unavailable", step: expect.stringMatching(/^(sts|exchange|token)$/), hint: expect.any(String) });
   }
-  expect(o.recovered.map((x) => x.status)).toEqual([200, 200]);
+  expect(o.recovered.map((x) => x.status), JSON.stringify(o.recovered.map((x) => x.body))).toEqual([200, 200]);
   expect(o.invokeProblems).toEqual([]);
   expect(o.aliveAtEnd).toBe(true);
   expect(o.shutdown).toMatchObject({ code: 0, killed: false });
