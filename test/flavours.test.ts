@@ -10,14 +10,14 @@
  * missing this test fails, saying that the arm64 run did not happen.
  */
 import { execFile } from "node:child_process";
-import { access, chmod, mkdir, mkdtemp, readdir, readFile, readlink, realpath, rm, writeFile } from "node:fs/promises";
+import { access, mkdir, mkdtemp, readdir, readFile, readlink, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, it, type ExpectStatic } from "vitest";
-import yauzl from "yauzl";
 import { buildAll } from "../layer/build.mjs";
 import { NODE_VERSION } from "../layer/node-runtime.mjs";
+import { unzip } from "./unzip.js";
 import { logs, startStack } from "./stack.js";
 
 const run = promisify(execFile);
@@ -40,33 +40,6 @@ const SHORT = {
   env: { DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "6", DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "2" },
 };
 
-/** Unzips `file` into `dir` keeping unix modes, as Lambda does under /opt (as in test/layer.test.ts). */
-function unzip(file: string, dir: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    yauzl.open(file, { lazyEntries: true }, (err, zip) => {
-      if (err || !zip) return reject(err ?? new Error("no zip"));
-      zip.on("error", reject);
-      zip.on("end", () => resolve());
-      zip.on("entry", (e: yauzl.Entry) => {
-        if (e.fileName.endsWith("/")) return zip.readEntry();
-        zip.openReadStream(e, (error, stream) => {
-          if (error || !stream) return reject(error ?? new Error("no stream"));
-          const chunks: Buffer[] = [];
-          stream.on("data", (c: Buffer) => chunks.push(c));
-          stream.on("error", reject);
-          stream.on("end", () => {
-            const out = join(dir, e.fileName);
-            mkdir(dirname(out), { recursive: true })
-              .then(() => writeFile(out, Buffer.concat(chunks)))
-              .then(() => chmod(out, (e.externalFileAttributes >>> 16) & 0o7777))
-              .then(() => zip.readEntry(), reject);
-          });
-        });
-      });
-      zip.readEntry();
-    });
-  });
-}
 
 let dist: string;
 const tmp: string[] = [];

@@ -4,52 +4,15 @@
  * registry once (cached under node_modules/.cache).
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, writeFile, chmod, mkdir } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import yauzl from "yauzl";
 import { buildAll, MAX_UNZIPPED_BYTES, MAX_WITH_NODE_UNZIPPED_BYTES, MAX_ZIPPED_BYTES } from "../layer/build.mjs";
 import { NODE_VERSION } from "../layer/node-runtime.mjs";
 import { startStack } from "./stack.js";
-
-interface Entry {
-  name: string;
-  mode: number;
-  size: number;
-}
-
-/** Unzips `file` into `dir` keeping unix modes, as Lambda does under /opt; returns the entries. */
-function unzip(file: string, dir: string): Promise<Entry[]> {
-  return new Promise((resolve, reject) => {
-    yauzl.open(file, { lazyEntries: true }, (err, zip) => {
-      if (err || !zip) return reject(err ?? new Error("no zip"));
-      const entries: Entry[] = [];
-      zip.on("error", reject);
-      zip.on("end", () => resolve(entries));
-      zip.on("entry", (e: yauzl.Entry) => {
-        const mode = (e.externalFileAttributes >>> 16) & 0o7777;
-        entries.push({ name: e.fileName, mode, size: e.uncompressedSize });
-        if (e.fileName.endsWith("/")) return zip.readEntry();
-        zip.openReadStream(e, (error, stream) => {
-          if (error || !stream) return reject(error ?? new Error("no stream"));
-          const chunks: Buffer[] = [];
-          stream.on("data", (c: Buffer) => chunks.push(c));
-          stream.on("error", reject);
-          stream.on("end", () => {
-            const out = join(dir, e.fileName);
-            mkdir(dirname(out), { recursive: true })
-              .then(() => writeFile(out, Buffer.concat(chunks)))
-              .then(() => chmod(out, mode))
-              .then(() => zip.readEntry(), reject);
-          });
-        });
-      });
-      zip.readEntry();
-    });
-  });
-}
+import { type Entry, unzip } from "./unzip.js";
 
 /** The names of an ELF64 little-endian file's sections. */
 function elfSections(elf: Buffer): string[] {
