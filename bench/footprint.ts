@@ -7,12 +7,15 @@
  * `--footprint-flags="A;B"` adds experiment rows: the extension started by a copy of the
  * launcher whose last line runs `node <flags> index.cjs` (the launcher unsets NODE_OPTIONS, so
  * flags cannot reach it any other way), one row set per `;`-separated flag set, interleaved
- * with the launcher as built, each compared with it.
+ * with the launcher as built, each compared with it. `--footprint-layers="DIR;DIR"` does the
+ * same for other built layer trees (A/B builds), run by the same launcher.
  */
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import type { LambdaEmulator, StartLambdaOptions } from "../test/standins/lambda.js";
 import { startLambda } from "../test/standins/lambda.js";
 import type { LoadJob, LoadResult } from "./load.js";
@@ -26,6 +29,11 @@ export interface FootprintDeps {
   /** The layer's launcher, and the layer directory it runs from. */
   launcher: string;
   layerDir: string;
+  /** bench/parts.ts, bundled: the extension's big parts one at a time. */
+  partsProgram: string;
+  /** The broker's settings against the stand-ins, listening on `port`. */
+  brokerEnv(port: number): Record<string, string>;
+  freePort(): Promise<number>;
   /** A directory this run may write into (removed by main.ts). */
   scratch: string;
   /** The launcher with its last line running an idle `node -e` that prints `up` (main.ts's memory baseline). */
@@ -101,6 +109,85 @@ interface Variant {
   failed?: string;
 }
 
+/** CPU ms and RSS KiB of a bench/parts.ts process at each stage; `app` also after the asks and after the burst. */
+type PartsFigures = Record<string, { cpuMs: number; rssKiB: number }>;
+
+/** One bench/parts.ts process taking `parts` in order; the asks and the burst go to its app, when it has one. */
+async function runParts(d: FootprintDeps, parts: string[]): Promise<PartsFigures> {
+  const port = await d.freePort();
+  const child = spawn(process.execPath, [d.partsProgram, d.layerDir, parts.join(",")], {
+    env: { PATH: process.env.PATH ?? "", HOME: "/tmp", ...d.brokerEnv(port) },
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const figures: PartsFigures = {};
+  const take = async (name: string) => {
+    await sleep(50);
+    figures[name] = { cpuMs: cpuMs(child.pid), rssKiB: statusKiB(child.pid, "VmRSS") };
+  };
+  try {
+    for await (const line of createInterface({ input: child.stdout! })) {
+      const { stage } = JSON.parse(line) as { stage: string };
+      await take(stage);
+      if (stage === "app") {
+        const headers = { "x-aws-session-token": d.sessionToken };
+        for (let i = 0; i < ASKS; i++) {
+          const r = await fetch(`http://127.0.0.1:${port}/token`, { headers });
+          if (r.status !== 200) throw new Error(`parts ${parts.join(",")}: GET /token answered ${r.status} ${(await r.text()).slice(0, 300)}`);
+          await r.arrayBuffer();
+        }
+        await take("app, after the asks");
+        const load = await d.runLoad({ url: `http://127.0.0.1:${port}/token`, headers, ...BURST });
+        if (load.non2xx || load.errors || load.timeouts) throw new Error(`parts: burst: ${load.non2xx} non-2xx, ${load.errors} errors, ${load.timeouts} timeouts`);
+        await take("app, after the burst");
+      }
+      child.stdin!.write("\n");
+    }
+  } finally {
+    child.kill();
+  }
+  if (!figures[parts.at(-1) ?? "start"]) throw new Error(`parts ${parts.join(",")}: the program ended early`);
+  return figures;
+}
+
+/** Rows of what each part costs: alone (against the program doing nothing) and in the extension's order. */
+async function partsTable(d: FootprintDeps, rounds: number): Promise<void> {
+  const ORDER = ["sts", "fetch", "app"];
+  const runs: { alone: Record<string, PartsFigures>; all: PartsFigures }[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const alone: Record<string, PartsFigures> = {};
+    for (const part of ORDER) alone[part] = await runParts(d, [part]);
+    runs.push({ alone, all: await runParts(d, ORDER) });
+  }
+  const section = "7. Footprint, by part";
+  const delta = (f: PartsFigures, from: string, to: string, k: "cpuMs" | "rssKiB") => f[to]![k] - f[from]![k];
+  const med = (xs: number[]) => median(xs);
+  const row = (name: string, alone: (r: (typeof runs)[number]) => [number, number], inOrder: (r: (typeof runs)[number]) => [number, number]) => {
+    const a = runs.map(alone);
+    const o = runs.map(inOrder);
+    d.figure({
+      section,
+      name,
+      broker: `alone: ${msText(med(a.map((x) => x[0])))}, ${mibText(med(a.map((x) => x[1])))}`,
+      baseline: `in order: ${msText(med(o.map((x) => x[0])))}, ${mibText(med(o.map((x) => x[1])))}`,
+      ratio: "—",
+      goal: "report",
+      met: undefined,
+    });
+  };
+  const part = (p: string, to = p) => (r: (typeof runs)[number]): [number, number] => [delta(r.alone[p]!, "start", to, "cpuMs"), delta(r.alone[p]!, "start", to, "rssKiB")];
+  const step = (from: string, to: string) => (r: (typeof runs)[number]): [number, number] => [delta(r.all, from, to, "cpuMs"), delta(r.all, from, to, "rssKiB")];
+  row("the AWS SDK's STS client: loaded, one GetWebIdentityToken call", part("sts"), step("start", "sts"));
+  row("fetch (undici): one token-exchange POST", part("fetch"), step("sts", "fetch"));
+  row("fastify and the routes: loaded, app built, listening", part("app"), step("fetch", "app"));
+  row(`the same app: ${ASKS.toLocaleString("en")} sequential asks`, part("app", "app, after the asks"), step("app", "app, after the asks"));
+  row(`the same app: a ${BURST.connections}-connection, ${BURST.durationSeconds} s burst`, (r) => [delta(r.alone.app!, "app, after the asks", "app, after the burst", "cpuMs"), delta(r.alone.app!, "app, after the asks", "app, after the burst", "rssKiB")], step("app, after the asks", "app, after the burst"));
+  const start = runs.map((r) => r.all.start!);
+  d.figure({ section, name: "the parts program itself, before any part (Node.js, node:http, readline, config, token cache)", broker: `${msText(med(start.map((x) => x.cpuMs)))}, ${mibText(med(start.map((x) => x.rssKiB)))}`, baseline: "—", ratio: "—", goal: "report", met: undefined });
+  d.note(
+    `Footprint by part: bench/parts.ts, a program that takes the extension's big parts from the built layer (lazy/sts-client.mjs and one STS call; one fetch() POST to the exchange stand-in; lazy/app.mjs built around a token cache holding one token, served on node:http, then ${ASKS.toLocaleString("en")} sequential asks and the same burst as above), ${rounds} rounds, each running every part alone in a fresh process and then all three in the extension's order in one more; medians. Each cell is "CPU ms, RSS MiB" added by that step (utime+stime and VmRSS from /proc, read 50 ms after the step): "alone" = the part alone, against the same program before it took any part; "in order" = the same step in the extension's order (after the parts before it, which share some of its cost: node:http, streams, URL handling). The extension's own modules and the listener are in neither: they are what the extension's figures hold beyond the parts.`,
+  );
+}
+
 export async function footprint(d: FootprintDeps): Promise<void> {
   d.log("7. Footprint: CPU at each stage and resident memory, against bare Node.js started the same way");
   const text = await readFile(d.launcher, "utf8");
@@ -109,12 +196,11 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   if (!text.includes(lastLine) || !text.includes(bundleLine)) throw new Error(`the launcher no longer has ${lastLine} and ${bundleLine}`);
 
   /** A launcher copy named as the extension, in its own directory, with its last line replaced. */
-  const launcherCopy = async (dirName: string, last: string) => {
+  const launcherCopy = async (dirName: string, last: string, bundle = join(d.layerDir, "databricks-token-broker")) => {
     const dir = join(d.scratch, "footprint", dirName, "extensions");
     await mkdir(dir, { recursive: true });
     const file = join(dir, "databricks-token-broker");
-    // The layer's bundle by absolute path: the same Node.js is picked as for the launcher itself.
-    const bundle = join(d.layerDir, "databricks-token-broker");
+    // The bundle by absolute path: the same Node.js is picked as for the launcher itself.
     // Replacer functions: a replacement string would read `$$` as a pattern.
     await writeFile(file, text.replace(bundleLine, () => `bundle='${bundle}'`).replace(lastLine, () => last));
     await chmod(file, 0o755);
@@ -146,14 +232,21 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     }
   };
 
-  const flagSets = (process.argv.find((a) => a.startsWith("--footprint-flags="))?.slice("--footprint-flags=".length) ?? "")
-    .split(";")
-    .map((s) => s.trim())
-    .filter(Boolean);
+  const listArg = (prefix: string) =>
+    (process.argv.find((a) => a.startsWith(prefix))?.slice(prefix.length) ?? "")
+      .split(";")
+      .map((s) => s.trim())
+      .filter(Boolean);
+  const flagSets = listArg("--footprint-flags=");
   const variants: Variant[] = [{ label: "as built", flags: "", command: d.launcher, samples: [] }];
   for (const [i, flags] of flagSets.entries()) {
     const command = await launcherCopy(`flags-${i}`, `exec "$node" ${flags} "$bundle/index.cjs"`);
     variants.push({ label: `node ${flags}`, flags, command, samples: [] });
+  }
+  // A/B builds: another layer tree (say, a build of a branch) run by the same launcher copy.
+  for (const [i, dir] of listArg("--footprint-layers=").entries()) {
+    const command = await launcherCopy(`layer-${i}`, lastLine, join(dir, "databricks-token-broker"));
+    variants.push({ label: `layer ${dir}`, flags: "", command, samples: [] });
   }
 
   const headers = { "x-aws-session-token": d.sessionToken };
@@ -232,6 +325,9 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     }
   }
 
+  d.log("  by part (bench/parts.ts)");
+  await partsTable(d, rounds);
+
   const cpuBase = mean(bareCpus);
   const rssBase = median(bareRsses);
   const section = "7. Footprint";
@@ -255,8 +351,8 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   d.figure({ section, name: "peak RSS (VmHWM) after the burst", broker: mibText(of(built, "peakKiB")), baseline: bareRssText, ratio: ratio(of(built, "peakKiB"), rssBase), goal: "report", met: undefined });
 
   for (const v of experiments) {
-    const ex = `${section}, experiment: node ${v.flags}`;
-    d.log(`  experiment: node ${v.flags}`);
+    const ex = `${section}, experiment: ${v.label}`;
+    d.log(`  experiment: ${v.label}`);
     if (v.failed) {
       d.figure({ section: ex, name: "cold start and first token", broker: `failed: ${v.failed.replace(/\|/g, "/").replace(/\s+/g, " ")}`, baseline: "—", ratio: "—", goal: "report", met: false });
       continue;
@@ -277,6 +373,6 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   }
 
   d.note(
-    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
+    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, or that runs another build's tree, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
   );
 }

@@ -113,6 +113,21 @@ interface Broker {
   spawnedEpochMs: number;
 }
 
+/** The broker's settings against the stand-ins, listening on `port`. */
+function brokerEnv(port: number): Record<string, string> {
+  return {
+    DATABRICKS_TOKEN_BROKER_ENABLED: "true",
+    DATABRICKS_HOST: db.url,
+    DATABRICKS_CLIENT_ID: CLIENT_ID,
+    DATABRICKS_TOKEN_BROKER_PORT: String(port),
+    AWS_ENDPOINT_URL_STS: sts.url,
+    AWS_REGION: "us-east-1",
+    AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+    AWS_SESSION_TOKEN: CREDENTIALS.sessionToken,
+  };
+}
+
 async function startBroker(env: Record<string, string | undefined> = {}, options: Partial<StartLambdaOptions> = {}): Promise<Broker> {
   const port = await freePort();
   const lambda = await startLambda({
@@ -121,18 +136,7 @@ async function startBroker(env: Record<string, string | undefined> = {}, options
     // The bench talks to the extension from outside any invoke (load runs, the first GET the
     // moment init ends), which no function in Lambda can do: nothing is frozen while it does.
     freezeWhenIdle: false,
-    env: {
-      DATABRICKS_TOKEN_BROKER_ENABLED: "true",
-      DATABRICKS_HOST: db.url,
-      DATABRICKS_CLIENT_ID: CLIENT_ID,
-      DATABRICKS_TOKEN_BROKER_PORT: String(port),
-      AWS_ENDPOINT_URL_STS: sts.url,
-      AWS_REGION: "us-east-1",
-      AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
-      AWS_SESSION_TOKEN: CREDENTIALS.sessionToken,
-      ...env,
-    },
+    env: { ...brokerEnv(port), ...env },
   });
   return { lambda, port, base: `http://127.0.0.1:${port}`, spawnedEpochMs: performance.timeOrigin + lambda.timings.spawnedAt };
 }
@@ -679,6 +683,9 @@ try {
       runLoad,
       launcher: LAUNCHER,
       layerDir: LAYER_DIR,
+      partsProgram: join(BENCH_DIR, "parts.mjs"),
+      brokerEnv,
+      freePort,
       scratch,
       bareIdle,
       sessionToken: SESSION_TOKEN,

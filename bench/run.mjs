@@ -14,7 +14,7 @@ import { build } from "esbuild";
 import { buildLayerTree, ROOT } from "../layer/build.mjs";
 
 const OUT = join(ROOT, "dist", "bench");
-const PROGRAMS = ["main", "load", "bare-server", "function"];
+const PROGRAMS = ["main", "load", "bare-server", "function", "parts"];
 
 const only = process.argv.slice(2).find((a) => a.startsWith("--only="));
 if (!only || only.slice("--only=".length).split(",").includes("peers")) {
