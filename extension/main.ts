@@ -3,6 +3,7 @@
  * (environment, exit, signals). Lambda starts it from /opt/extensions at init.
  */
 import { createExtensionsApi } from "../src/extensions-api.js";
+import { httpPost } from "../src/http-post.js";
 import { run } from "../src/lifecycle.js";
 import { readLogLevel } from "../src/config.js";
 import { createLogger } from "../src/log.js";
@@ -41,7 +42,7 @@ run({
   makeLogger: (level) => createLogger({ level }),
   // Imported only here and only this way: the bundle keeps the AWS SDK in lazy/ (layer/build.mjs).
   loadSts: async (region) => (await import("../src/sts-client.js")).createStsPort(region),
-  fetch: (input, init) => fetch(input, init),
+  fetch: httpPost,
 }).then(
   (code) => process.exit(code),
   (err: unknown) => {

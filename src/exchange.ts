@@ -17,10 +17,23 @@ export interface AccessToken {
   readonly issuedAt: number;
 }
 
+/** What the exchange reads of an HTTP answer: `fetch`'s Response has it, and so has src/http-post.ts's. */
+export interface HttpAnswer {
+  readonly status: number;
+  readonly ok: boolean;
+  readonly statusText: string;
+  readonly headers: { get(name: string): string | null };
+  readonly body: AsyncIterable<Uint8Array> | null;
+}
+
+/** The exchange's HTTP client: `fetch` fits, and so does src/http-post.ts's `httpPost`, which the extension uses. */
+export type HttpPost = (input: string, init: { method: "POST"; headers: Record<string, string>; body: string; redirect: "error"; signal: AbortSignal }) => Promise<HttpAnswer>;
+
+/** `fetch` as the CLI injects it (its API check reads the whole Response). */
 export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;
 
 export interface ExchangeOptions {
-  fetch: FetchLike;
+  fetch: HttpPost;
   now: () => number;
   log: Logger;
   timeoutMs?: number;
@@ -43,26 +56,21 @@ const MAX_RETRY_AFTER_MS = 60_000;
 /** Bearer tokens are header values: visible ASCII only (RFC 6750 §2.1 b64token, loosened). */
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
-/** Reads at most `limit` bytes of a body; undefined when it is larger (the rest is cancelled, not read). */
-export async function readLimited(res: Response, limit: number): Promise<string | undefined> {
+/** Reads at most `limit` bytes of a body; undefined when it is larger (the rest is dropped, not read). */
+export async function readLimited(res: HttpAnswer, limit: number): Promise<string | undefined> {
   if (!res.body) return "";
   const declared = Number(res.headers.get("content-length"));
+  // Leaving the loop early (return) cancels the stream: fetch's body and node:http's response alike.
   if (Number.isFinite(declared) && declared > limit) {
-    await res.body.cancel().catch(() => {});
+    for await (const _ of res.body) return undefined;
     return undefined;
   }
-  const reader = res.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      return undefined;
-    }
-    chunks.push(value);
+  for await (const chunk of res.body) {
+    size += chunk.byteLength;
+    if (size > limit) return undefined;
+    chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString("utf8");
 }
@@ -76,7 +84,7 @@ function parseJson(text: string): Record<string, unknown> | undefined {
   }
 }
 
-function retryAfterMs(res: Response, now: number): number | undefined {
+function retryAfterMs(res: HttpAnswer, now: number): number | undefined {
   const h = res.headers.get("retry-after");
   if (!h) return undefined;
   const secs = Number(h);
@@ -108,7 +116,7 @@ const HINTS: Record<string, string> = {
 };
 
 /** Maps a non-2xx answer to a typed error. */
-function httpError(target: Target, res: Response, body: Record<string, unknown> | undefined, text: string, now: number): BrokerError {
+function httpError(target: Target, res: HttpAnswer, body: Record<string, unknown> | undefined, text: string, now: number): BrokerError {
   const code = typeof body?.error === "string" ? body.error : typeof body?.error_code === "string" ? body.error_code : `HTTP ${res.status}`;
   const upstream = quoteUpstream(code, MAX_QUOTED_CODE_CHARS);
   const description = quoteUpstream(
@@ -157,7 +165,7 @@ export interface SubjectToken {
  */
 export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_MS }: ExchangeOptions) {
   /** POSTs the form; the answer's status and its body (undefined when over the limit), or an unreachable error. */
-  async function post(target: Target, form: URLSearchParams, signal: AbortSignal | undefined): Promise<{ res: Response; text: string | undefined }> {
+  async function post(target: Target, form: URLSearchParams, signal: AbortSignal | undefined): Promise<{ res: HttpAnswer; text: string | undefined }> {
     const timeout = AbortSignal.timeout(timeoutMs);
     try {
       const res = await fetch(target.tokenEndpoint, {
@@ -170,8 +178,9 @@ export function createExchange({ fetch, now, log, timeoutMs = EXCHANGE_TIMEOUT_M
       return { res, text: await readLimited(res, MAX_BODY_BYTES) };
     } catch (err) {
       const timedOut = timeout.aborted;
-      const cause = (err as { cause?: { code?: unknown } }).cause;
-      const code = timedOut ? "timeout" : typeof cause?.code === "string" ? cause.code : (err as Error).name;
+      // fetch puts the system error's code in `cause`; node:http's error carries it itself.
+      const { code: own, cause } = err as { code?: unknown; cause?: { code?: unknown } };
+      const code = timedOut ? "timeout" : typeof cause?.code === "string" ? cause.code : typeof own === "string" && own !== "ABORT_ERR" ? own : (err as Error).name;
       throw new BrokerError(
         "ERR_EXCHANGE_UNAVAILABLE",
         timedOut ? `Databricks ${target.tokenEndpoint} did not answer within ${timeoutMs} ms` : `Databricks ${target.tokenEndpoint} could not be reached: ${(err as Error).message}`,

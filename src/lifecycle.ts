@@ -9,7 +9,7 @@ import type { AppOptions } from "./app.js";
 import { errorAnswer, writeError } from "./answers.js";
 import { type Config, type LogLevel, isUnrecognisedSwitch, parseConfig } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
-import type { FetchLike } from "./exchange.js";
+import type { HttpPost } from "./exchange.js";
 import { createTokenCache } from "./pipeline.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
@@ -43,7 +43,7 @@ export interface RunOptions {
   makeLogger: (level: LogLevel) => Logger;
   /** Loads the STS port for a region; called at the first JWT, or before a SnapStart snapshot. */
   loadSts: (region: string) => Promise<GetWebIdentityToken>;
-  fetch: FetchLike;
+  fetch: HttpPost;
   now?: () => number;
 }
 

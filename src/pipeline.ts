@@ -5,7 +5,7 @@
 import type { Config, Target } from "./config.js";
 import { explainExchangeFailure } from "./diagnosis.js";
 import { isBrokerError } from "./errors.js";
-import { createExchange, type FetchLike } from "./exchange.js";
+import { createExchange, type HttpPost } from "./exchange.js";
 import type { Logger } from "./log.js";
 import { createStsSource, type GetWebIdentityToken } from "./sts.js";
 import { TokenCache, type TokenCacheOptions, type TokenSource } from "./token-cache.js";
@@ -42,7 +42,7 @@ async function retryStaleOnce<T>(step: () => Promise<T>, also: (err: unknown) =>
 export interface PipelineDeps extends Pick<TokenCacheOptions, "now" | "random" | "sleep" | "onRefresh"> {
   /** The STS port (sts.ts). */
   getWebIdentityToken: GetWebIdentityToken;
-  fetch: FetchLike;
+  fetch: HttpPost;
   log: Logger;
   /** Called as each exchange starts, STS having answered: from then on the refresh waits on the network. */
   onExchangeStart?: () => void;
