@@ -34,10 +34,11 @@ export interface FootprintDeps {
   /** The broker's settings against the stand-ins, listening on `port`. */
   brokerEnv(port: number): Record<string, string>;
   freePort(): Promise<number>;
+  /** The with-Node.js flavour's tree for this machine's architecture, when built, and its Node.js version. */
+  withNodeDir?: string;
+  withNodeVersion?: string;
   /** A directory this run may write into (removed by main.ts). */
   scratch: string;
-  /** The launcher with its last line running an idle `node -e` that prints `up` (main.ts's memory baseline). */
-  bareIdle: string;
   sessionToken: string;
   quick: boolean;
   reps(n: number): number;
@@ -91,6 +92,8 @@ interface Sample {
   firstTokenWallMs: number;
   perAnswerUs: number;
   perInvokeUs: number;
+  rssInitKiB: number;
+  rssFirstTokenKiB: number;
   rssAsksKiB: number;
   rssBurstKiB: number;
   peakKiB: number;
@@ -151,24 +154,24 @@ async function runParts(d: FootprintDeps, parts: string[]): Promise<PartsFigures
 
 /** Rows of what each part costs: alone (against the program doing nothing) and in the extension's order. */
 async function partsTable(d: FootprintDeps, rounds: number): Promise<void> {
-  const ORDER = ["sts", "fetch", "app"];
+  const ORDER = ["sts", "post", "app"];
   const runs: { alone: Record<string, PartsFigures>; all: PartsFigures }[] = [];
   for (let round = 0; round < rounds; round++) {
     const alone: Record<string, PartsFigures> = {};
-    for (const part of ORDER) alone[part] = await runParts(d, [part]);
+    for (const part of [...ORDER, "fetch"]) alone[part] = await runParts(d, [part]);
     runs.push({ alone, all: await runParts(d, ORDER) });
   }
   const section = "7. Footprint, by part";
   const delta = (f: PartsFigures, from: string, to: string, k: "cpuMs" | "rssKiB") => f[to]![k] - f[from]![k];
   const med = (xs: number[]) => median(xs);
-  const row = (name: string, alone: (r: (typeof runs)[number]) => [number, number], inOrder: (r: (typeof runs)[number]) => [number, number]) => {
+  const row = (name: string, alone: (r: (typeof runs)[number]) => [number, number], inOrder?: (r: (typeof runs)[number]) => [number, number]) => {
     const a = runs.map(alone);
-    const o = runs.map(inOrder);
+    const o = inOrder ? runs.map(inOrder) : undefined;
     d.figure({
       section,
       name,
       broker: `alone: ${msText(med(a.map((x) => x[0])))}, ${mibText(med(a.map((x) => x[1])))}`,
-      baseline: `in order: ${msText(med(o.map((x) => x[0])))}, ${mibText(med(o.map((x) => x[1])))}`,
+      baseline: o ? `in order: ${msText(med(o.map((x) => x[0])))}, ${mibText(med(o.map((x) => x[1])))}` : "in order: — (not in the extension)",
       ratio: "—",
       goal: "report",
       met: undefined,
@@ -177,15 +180,27 @@ async function partsTable(d: FootprintDeps, rounds: number): Promise<void> {
   const part = (p: string, to = p) => (r: (typeof runs)[number]): [number, number] => [delta(r.alone[p]!, "start", to, "cpuMs"), delta(r.alone[p]!, "start", to, "rssKiB")];
   const step = (from: string, to: string) => (r: (typeof runs)[number]): [number, number] => [delta(r.all, from, to, "cpuMs"), delta(r.all, from, to, "rssKiB")];
   row("the AWS SDK's STS client: loaded, one GetWebIdentityToken call", part("sts"), step("start", "sts"));
-  row("fetch (undici): one token-exchange POST", part("fetch"), step("sts", "fetch"));
-  row("fastify and the routes: loaded, app built, listening", part("app"), step("fetch", "app"));
+  row("node:http: one token-exchange POST (src/http-post.ts, as the extension sends it)", part("post"), step("sts", "post"));
+  row("fetch (undici): the same POST, as the extension sent it before", part("fetch"));
+  row("fastify and the routes: loaded, app built, listening", part("app"), step("post", "app"));
   row(`the same app: ${ASKS.toLocaleString("en")} sequential asks`, part("app", "app, after the asks"), step("app", "app, after the asks"));
   row(`the same app: a ${BURST.connections}-connection, ${BURST.durationSeconds} s burst`, (r) => [delta(r.alone.app!, "app, after the asks", "app, after the burst", "cpuMs"), delta(r.alone.app!, "app, after the asks", "app, after the burst", "rssKiB")], step("app, after the asks", "app, after the burst"));
   const start = runs.map((r) => r.all.start!);
   d.figure({ section, name: "the parts program itself, before any part (Node.js, node:http, readline, config, token cache)", broker: `${msText(med(start.map((x) => x.cpuMs)))}, ${mibText(med(start.map((x) => x.rssKiB)))}`, baseline: "—", ratio: "—", goal: "report", met: undefined });
   d.note(
-    `Footprint by part: bench/parts.ts, a program that takes the extension's big parts from the built layer (lazy/sts-client.mjs and one STS call; one fetch() POST to the exchange stand-in; lazy/app.mjs built around a token cache holding one token, served on node:http, then ${ASKS.toLocaleString("en")} sequential asks and the same burst as above), ${rounds} rounds, each running every part alone in a fresh process and then all three in the extension's order in one more; medians. Each cell is "CPU ms, RSS MiB" added by that step (utime+stime and VmRSS from /proc, read 50 ms after the step): "alone" = the part alone, against the same program before it took any part; "in order" = the same step in the extension's order (after the parts before it, which share some of its cost: node:http, streams, URL handling). The extension's own modules and the listener are in neither: they are what the extension's figures hold beyond the parts.`,
+    `Footprint by part: bench/parts.ts, a program that takes the extension's big parts from the built layer (lazy/sts-client.mjs and one STS call; one POST to the exchange stand-in on node:http as src/http-post.ts sends it, and, alone only, the same POST with fetch(); lazy/app.mjs built around a token cache holding one token, served on node:http, then ${ASKS.toLocaleString("en")} sequential asks and the same burst as above), ${rounds} rounds, each running every part alone in a fresh process and then sts, post and app in the extension's order in one more; medians. Each cell is "CPU ms, RSS MiB" added by that step (utime+stime and VmRSS from /proc, read 50 ms after the step): "alone" = the part alone, against the same program before it took any part; "in order" = the same step in the extension's order (after the parts before it, which share some of its cost: node:http, streams, URL handling). The extension's own modules and the listener are in neither: they are what the extension's figures hold beyond the parts.`,
   );
+}
+
+/** A way the broker runs, with bare Node.js started the same way (the same launcher, the same node). */
+interface Flavour {
+  name: string;
+  /** The launcher as built, for this flavour's tree. */
+  variant: Variant;
+  bareCpuLauncher: string;
+  bareIdleLauncher: string;
+  bareCpus: number[];
+  bareRsses: number[];
 }
 
 export async function footprint(d: FootprintDeps): Promise<void> {
@@ -200,7 +215,8 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     const dir = join(d.scratch, "footprint", dirName, "extensions");
     await mkdir(dir, { recursive: true });
     const file = join(dir, "databricks-token-broker");
-    // The bundle by absolute path: the same Node.js is picked as for the launcher itself.
+    // The bundle by absolute path: the launcher picks its Node.js from there (the with-Node.js
+    // flavour's own), else as the layer's launcher does.
     // Replacer functions: a replacement string would read `$$` as a pattern.
     await writeFile(file, text.replace(bundleLine, () => `bundle='${bundle}'`).replace(lastLine, () => last));
     await chmod(file, 0o755);
@@ -210,148 +226,189 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   // Bare `node -e ''`: the launcher runs it as a child instead of exec'ing it, then prints its own
   // /proc stat, whose cutime/cstime hold the reaped node's CPU, beside the shell's own (which the
   // extension's figure holds too: the launcher execs node in the same process).
-  const bareCpuLauncher = await launcherCopy("bare-cpu", `"$node" -e ''\nread -r s < /proc/$$/stat\necho "cpu $s"`);
-  const bareCpu = async (): Promise<number> => {
-    const lambda = await startLambda({ command: bareCpuLauncher, env: {} });
-    try {
-      const line = await lambda.waitForLine(/^cpu /, { timeoutMs: 10_000 });
-      const f = statFields(line.slice(4));
-      return ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / TICKS_PER_SECOND;
-    } finally {
-      await lambda.close();
-    }
-  };
-  const bareRss = async (): Promise<number> => {
-    const lambda = await startLambda({ command: d.bareIdle, env: {} });
-    try {
-      await lambda.waitForLine(/^up$/);
-      await sleep(50);
-      return statusKiB(lambda.pid, "VmRSS");
-    } finally {
-      await lambda.close();
-    }
-  };
+  const bareCpuLine = `"$node" -e ''\nread -r s < /proc/$$/stat\necho "cpu $s"`;
+  const bareIdleLine = `exec "$node" -e 'process.stdout.write("up\\n"); setInterval(() => {}, 1 << 30)'`;
+  const flavour = async (name: string, key: string, bundle: string, command?: string): Promise<Flavour> => ({
+    name,
+    variant: { label: name, flags: "", command: command ?? (await launcherCopy(key, lastLine, bundle)), samples: [] },
+    bareCpuLauncher: await launcherCopy(`${key}-bare-cpu`, bareCpuLine, bundle),
+    bareIdleLauncher: await launcherCopy(`${key}-bare-idle`, bareIdleLine, bundle),
+    bareCpus: [],
+    bareRsses: [],
+  });
+  const flavours = [await flavour(`the layer on the runtime's Node.js (${process.version})`, "plain", join(d.layerDir, "databricks-token-broker"), d.launcher)];
+  if (d.withNodeDir) flavours.push(await flavour(`the with-Node.js flavour (its Node.js ${d.withNodeVersion})`, "with-node", join(d.withNodeDir, "databricks-token-broker")));
 
   const listArg = (prefix: string) =>
     (process.argv.find((a) => a.startsWith(prefix))?.slice(prefix.length) ?? "")
       .split(";")
       .map((s) => s.trim())
       .filter(Boolean);
-  const flagSets = listArg("--footprint-flags=");
-  const variants: Variant[] = [{ label: "as built", flags: "", command: d.launcher, samples: [] }];
-  for (const [i, flags] of flagSets.entries()) {
+  const experiments: Variant[] = [];
+  for (const [i, flags] of listArg("--footprint-flags=").entries()) {
     const command = await launcherCopy(`flags-${i}`, `exec "$node" ${flags} "$bundle/index.cjs"`);
-    variants.push({ label: `node ${flags}`, flags, command, samples: [] });
+    experiments.push({ label: `node ${flags}`, flags, command, samples: [] });
   }
   // A/B builds: another layer tree (say, a build of a branch) run by the same launcher copy.
   for (const [i, dir] of listArg("--footprint-layers=").entries()) {
     const command = await launcherCopy(`layer-${i}`, lastLine, join(dir, "databricks-token-broker"));
-    variants.push({ label: `layer ${dir}`, flags: "", command, samples: [] });
+    experiments.push({ label: `layer ${dir}`, flags: "", command, samples: [] });
   }
 
-  const headers = { "x-aws-session-token": d.sessionToken };
-  const coldStart = async (v: Variant): Promise<Sample> => {
-    let pid: number | undefined;
-    let registered = Number.NaN;
-    const b = await d.startBroker({}, {
-      command: v.command,
-      // Runs the moment the emulator has answered the register request (Lambda starts the runtime then).
-      functionInit: () => {
-        registered = cpuMs(pid);
-      },
-    });
-    pid = b.lambda.pid;
-    try {
-      const init = await b.lambda.init;
-      if (!init.ok) throw new Error(`${v.label}: init ${init.status}: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-5).join("\n")}`);
-      const initDone = cpuMs(pid);
-      const ask = async () => {
-        const r = await fetch(`${b.base}/token`, { headers, signal: AbortSignal.timeout(30_000) });
-        const body = await r.text();
-        if (r.status !== 200) throw new Error(`${v.label}: GET /token answered ${r.status} ${body.slice(0, 300)}; the extension's last lines: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-3).join(" / ").slice(0, 600)}`);
-      };
-      await ask();
-      const firstTokenWallMs = performance.now() - b.lambda.timings.spawnedAt;
-      const firstToken = cpuMs(pid);
-      let t0 = performance.now();
-      let c0 = cpuMs(pid);
-      for (let i = 0; i < ASKS; i++) await ask();
-      const perAnswerUs = ((cpuMs(pid) - c0) * 1000) / ASKS;
-      const asksWallMs = performance.now() - t0;
-      await sleep(50);
-      const rssAsksKiB = statusKiB(pid, "VmRSS");
-      t0 = performance.now();
-      c0 = cpuMs(pid);
-      for (let i = 0; i < INVOKES; i++) {
-        const r = await b.lambda.invoke();
-        if (r.timedOut) throw new Error(`${v.label}: an INVOKE timed out`);
-      }
-      const perInvokeUs = ((cpuMs(pid) - c0) * 1000) / INVOKES;
-      const invokesWallMs = performance.now() - t0;
-      const load = await d.runLoad({ url: `${b.base}/token`, headers, ...BURST });
-      if (load.non2xx || load.errors || load.timeouts) throw new Error(`${v.label}: burst: ${load.non2xx} non-2xx, ${load.errors} errors, ${load.timeouts} timeouts`);
-      await sleep(50);
-      const rssBurstKiB = statusKiB(pid, "VmRSS");
-      const peakKiB = statusKiB(pid, "VmHWM");
-      return { registered, initDone, firstToken, firstTokenWallMs, perAnswerUs, perInvokeUs, rssAsksKiB, rssBurstKiB, peakKiB, burstRps: load.requestsPerSecond, asksWallMs, invokesWallMs };
-    } finally {
-      await d.stopBroker(b);
-    }
-  };
-
-  const bareCpus: number[] = [];
-  const bareRsses: number[] = [];
   const rounds = d.reps(7);
   // Rounds interleave every variant and the baselines, so drift in the machine's load falls on all alike.
   for (let round = 0; round < rounds; round++) {
-    for (let i = 0; i < 3; i++) bareCpus.push(await bareCpu());
-    bareRsses.push(await bareRss());
-    for (const v of variants) {
-      if (v.failed) continue;
-      let s: Sample;
-      try {
-        s = await coldStart(v);
-      } catch (e) {
-        // An experiment that breaks the extension is a finding, not the end of the run.
-        if (v === variants[0]) throw e;
-        v.failed = e instanceof Error ? e.message : String(e);
-        d.log(`  round ${round + 1}, ${v.label}: FAILED: ${v.failed}`);
-        continue;
-      }
-      v.samples.push(s);
-      d.log(
-        `  round ${round + 1}, ${v.label}: CPU registered ${s.registered} ms, init ${s.initDone} ms, first token ${s.firstToken} ms (${msText(s.firstTokenWallMs)} wall); ${s.perAnswerUs.toFixed(0)} µs/answer (${(s.asksWallMs / ASKS).toFixed(2)} ms wall), ${s.perInvokeUs.toFixed(0)} µs/INVOKE (${(s.invokesWallMs / INVOKES).toFixed(2)} ms wall); RSS ${mibText(s.rssAsksKiB)} after asks, ${mibText(s.rssBurstKiB)} after burst (${s.burstRps.toFixed(0)} req/s), peak ${mibText(s.peakKiB)}`,
-      );
+    for (const f of flavours) {
+      for (let i = 0; i < 3; i++) f.bareCpus.push(await bareCpu(f.bareCpuLauncher));
+      f.bareRsses.push(await bareRss(f.bareIdleLauncher));
+      await sampleInto(d, f.variant, round, true);
     }
+    for (const v of experiments) await sampleInto(d, v, round, false);
   }
 
   d.log("  by part (bench/parts.ts)");
   await partsTable(d, rounds);
+  for (const f of flavours) flavourFigures(d, f);
+  experimentFigures(d, flavours[0]!, experiments);
 
-  const cpuBase = mean(bareCpus);
-  const rssBase = median(bareRsses);
-  const section = "7. Footprint";
-  const [built, ...experiments] = variants as [Variant, ...Variant[]];
-  const of = (v: Variant, k: keyof Sample, agg: (xs: number[]) => number = median) => agg(v.samples.map((s) => s[k]));
+  d.note(
+    `Footprint: ${rounds} rounds, each, for ${flavours.map((f) => f.name).join(" and for ")}: 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of the extension${experiments.length ? `; then one cold start of each experiment` : ""}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the flavour's launcher with its last line running its \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), mean of ${3 * rounds}. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) when init completed, 50 ms after the first token, 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the flavour's launcher running an idle \`node -e\` with its node, once it printed a line, median of ${rounds}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, or that runs another build's tree, compared with the layer as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
+  );
+}
+
+/** CPU ms of a bare `node -e ''` started by `launcher`: the shell's and its reaped child's. */
+async function bareCpu(launcher: string): Promise<number> {
+  const lambda = await startLambda({ command: launcher, env: {} });
+  try {
+    const line = await lambda.waitForLine(/^cpu /, { timeoutMs: 10_000 });
+    const f = statFields(line.slice(4));
+    return ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / TICKS_PER_SECOND;
+  } finally {
+    await lambda.close();
+  }
+}
+
+/** RSS KiB of an idle bare `node` started by `launcher`, once it is up. */
+async function bareRss(launcher: string): Promise<number> {
+  const lambda = await startLambda({ command: launcher, env: {} });
+  try {
+    await lambda.waitForLine(/^up$/);
+    await sleep(50);
+    return statusKiB(lambda.pid, "VmRSS");
+  } finally {
+    await lambda.close();
+  }
+}
+
+/** One cold start of `v` into its samples; an experiment that breaks the extension is marked failed, not fatal. */
+async function sampleInto(d: FootprintDeps, v: Variant, round: number, mustWork: boolean): Promise<void> {
+  if (v.failed) return;
+  let s: Sample;
+  try {
+    s = await coldStart(d, v);
+  } catch (e) {
+    if (mustWork) throw e;
+    v.failed = e instanceof Error ? e.message : String(e);
+    d.log(`  round ${round + 1}, ${v.label}: FAILED: ${v.failed}`);
+    return;
+  }
+  v.samples.push(s);
+  d.log(
+    `  round ${round + 1}, ${v.label}: CPU registered ${s.registered} ms, init ${s.initDone} ms, first token ${s.firstToken} ms (${msText(s.firstTokenWallMs)} wall); ${s.perAnswerUs.toFixed(0)} µs/answer (${(s.asksWallMs / ASKS).toFixed(2)} ms wall), ${s.perInvokeUs.toFixed(0)} µs/INVOKE (${(s.invokesWallMs / INVOKES).toFixed(2)} ms wall); RSS ${mibText(s.rssInitKiB)} at init, ${mibText(s.rssFirstTokenKiB)} with a token, ${mibText(s.rssAsksKiB)} after asks, ${mibText(s.rssBurstKiB)} after burst (${s.burstRps.toFixed(0)} req/s), peak ${mibText(s.peakKiB)}`,
+  );
+}
+
+/** A cold start of `v` under the emulator, asked for its first token the moment init is done, then the asks, INVOKEs and burst. */
+async function coldStart(d: FootprintDeps, v: Variant): Promise<Sample> {
+  const headers = { "x-aws-session-token": d.sessionToken };
+  let pid: number | undefined;
+  let registered = Number.NaN;
+  const b = await d.startBroker({}, {
+    command: v.command,
+    // Runs the moment the emulator has answered the register request (Lambda starts the runtime then).
+    functionInit: () => {
+      registered = cpuMs(pid);
+    },
+  });
+  pid = b.lambda.pid;
+  try {
+    const init = await b.lambda.init;
+    if (!init.ok) throw new Error(`${v.label}: init ${init.status}: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-5).join("\n")}`);
+    const initDone = cpuMs(pid);
+    const rssInitKiB = statusKiB(pid, "VmRSS");
+    const ask = async () => {
+      const r = await fetch(`${b.base}/token`, { headers, signal: AbortSignal.timeout(30_000) });
+      const body = await r.text();
+      if (r.status !== 200) throw new Error(`${v.label}: GET /token answered ${r.status} ${body.slice(0, 300)}; the extension's last lines: ${[...b.lambda.stdout, ...b.lambda.stderr].slice(-3).join(" / ").slice(0, 600)}`);
+    };
+    await ask();
+    const firstTokenWallMs = performance.now() - b.lambda.timings.spawnedAt;
+    const firstToken = cpuMs(pid);
+    await sleep(50);
+    const rssFirstTokenKiB = statusKiB(pid, "VmRSS");
+    let t0 = performance.now();
+    let c0 = cpuMs(pid);
+    for (let i = 0; i < ASKS; i++) await ask();
+    const perAnswerUs = ((cpuMs(pid) - c0) * 1000) / ASKS;
+    const asksWallMs = performance.now() - t0;
+    await sleep(50);
+    const rssAsksKiB = statusKiB(pid, "VmRSS");
+    t0 = performance.now();
+    c0 = cpuMs(pid);
+    for (let i = 0; i < INVOKES; i++) {
+      const r = await b.lambda.invoke();
+      if (r.timedOut) throw new Error(`${v.label}: an INVOKE timed out`);
+    }
+    const perInvokeUs = ((cpuMs(pid) - c0) * 1000) / INVOKES;
+    const invokesWallMs = performance.now() - t0;
+    const load = await d.runLoad({ url: `${b.base}/token`, headers, ...BURST });
+    if (load.non2xx || load.errors || load.timeouts) throw new Error(`${v.label}: burst: ${load.non2xx} non-2xx, ${load.errors} errors, ${load.timeouts} timeouts`);
+    await sleep(50);
+    const rssBurstKiB = statusKiB(pid, "VmRSS");
+    const peakKiB = statusKiB(pid, "VmHWM");
+    return { registered, initDone, firstToken, firstTokenWallMs, perAnswerUs, perInvokeUs, rssInitKiB, rssFirstTokenKiB, rssAsksKiB, rssBurstKiB, peakKiB, burstRps: load.requestsPerSecond, asksWallMs, invokesWallMs };
+  } finally {
+    await d.stopBroker(b);
+  }
+}
+
+const of = (v: Variant, k: keyof Sample, agg: (xs: number[]) => number = median) => agg(v.samples.map((s) => s[k]));
+
+/** The flavour's rows: CPU at each stage against its bare `node -e ''`, memory at each stage against its idle bare node. */
+function flavourFigures(d: FootprintDeps, f: Flavour): void {
+  const section = `7. Footprint, ${f.name}`;
+  const cpuBase = mean(f.bareCpus);
+  const rssBase = median(f.bareRsses);
+  const v = f.variant;
   const bareCpuText = `${msText(cpuBase)} (\`node -e ''\`)`;
   const cpuStage = (name: string, k: "registered" | "initDone" | "firstToken", goal = "—", limit?: number) => {
-    const x = of(built, k, mean);
+    const x = of(v, k, mean);
     d.figure({ section, name, broker: msText(x), baseline: bareCpuText, ratio: ratio(x, cpuBase), goal, met: limit === undefined ? undefined : x / cpuBase <= limit });
   };
   cpuStage("CPU, spawn → registered", "registered");
   cpuStage("CPU, spawn → init done (first event/next)", "initDone");
   cpuStage("CPU, spawn → first token served", "firstToken", "≤ 2.00×", 2);
-  d.figure({ section, name: "CPU per cached answer (sequential asks)", broker: usText(of(built, "perAnswerUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
-  d.figure({ section, name: "CPU per INVOKE cycle", broker: usText(of(built, "perInvokeUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
-  const rssAsks = of(built, "rssAsksKiB");
-  const rssBurst = of(built, "rssBurstKiB");
+  d.figure({ section, name: "CPU per cached answer (sequential asks)", broker: usText(of(v, "perAnswerUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
+  d.figure({ section, name: "CPU per INVOKE cycle", broker: usText(of(v, "perInvokeUs")), baseline: "—", ratio: "—", goal: "report", met: undefined });
   const bareRssText = `${mibText(rssBase)} (idle \`node\`)`;
-  d.figure({ section, name: `RSS after the first token and ${ASKS.toLocaleString("en")} sequential asks`, broker: mibText(rssAsks), baseline: bareRssText, ratio: ratio(rssAsks, rssBase), goal: "≤ 1.40×", met: rssAsks / rssBase <= 1.4 });
-  d.figure({ section, name: `RSS after a ${BURST.connections}-connection, ${BURST.durationSeconds} s burst`, broker: mibText(rssBurst), baseline: bareRssText, ratio: ratio(rssBurst, rssBase), goal: "≤ 1.60×", met: rssBurst / rssBase <= 1.6 });
-  d.figure({ section, name: "peak RSS (VmHWM) after the burst", broker: mibText(of(built, "peakKiB")), baseline: bareRssText, ratio: ratio(of(built, "peakKiB"), rssBase), goal: "report", met: undefined });
+  const rss = (name: string, k: keyof Sample, goal = "report", limit?: number) => {
+    const x = of(v, k);
+    d.figure({ section, name, broker: mibText(x), baseline: bareRssText, ratio: ratio(x, rssBase), goal, met: limit === undefined ? undefined : x / rssBase <= limit });
+  };
+  rss("RSS when init is done", "rssInitKiB");
+  rss("RSS with the first token served", "rssFirstTokenKiB");
+  rss(`RSS after the first token and ${ASKS.toLocaleString("en")} sequential asks (steady)`, "rssAsksKiB", "≤ 1.40×", 1.4);
+  rss(`RSS after a ${BURST.connections}-connection, ${BURST.durationSeconds} s burst`, "rssBurstKiB", "≤ 1.60×", 1.6);
+  rss("peak RSS (VmHWM) after the burst", "peakKiB");
+}
 
+/** Each experiment against the layer as built in the same rounds. */
+function experimentFigures(d: FootprintDeps, base: Flavour, experiments: Variant[]): void {
+  const built = base.variant;
+  const cpuBase = mean(base.bareCpus);
+  const rssBase = median(base.bareRsses);
   for (const v of experiments) {
-    const ex = `${section}, experiment: ${v.label}`;
+    const ex = `7. Footprint, experiment: ${v.label}`;
     d.log(`  experiment: ${v.label}`);
     if (v.failed) {
       d.figure({ section: ex, name: "cold start and first token", broker: `failed: ${v.failed.replace(/\|/g, "/").replace(/\s+/g, " ")}`, baseline: "—", ratio: "—", goal: "report", met: false });
@@ -359,8 +416,8 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     }
     const row = (name: string, k: keyof Sample, fmt: (x: number) => string, bare?: number, agg: (xs: number[]) => number = median) => {
       const x = of(v, k, agg);
-      const base = of(built, k, agg);
-      d.figure({ section: ex, name, broker: fmt(x), baseline: `${fmt(base)} (as built)`, ratio: `${ratio(x, base)}${bare === undefined ? "" : `; ${ratio(x, bare)} bare`}`, goal: "report", met: undefined });
+      const b = of(built, k, agg);
+      d.figure({ section: ex, name, broker: fmt(x), baseline: `${fmt(b)} (as built)`, ratio: `${ratio(x, b)}${bare === undefined ? "" : `; ${ratio(x, bare)} bare`}`, goal: "report", met: undefined });
     };
     row("CPU, spawn → first token served", "firstToken", msText, cpuBase, mean);
     row("spawn → first token, wall", "firstTokenWallMs", msText);
@@ -371,8 +428,4 @@ export async function footprint(d: FootprintDeps): Promise<void> {
     row("peak RSS", "peakKiB", mibText, rssBase);
     row("burst requests per second", "burstRps", (x) => x.toFixed(0));
   }
-
-  d.note(
-    `Footprint: ${rounds} rounds, each 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of ${variants.length === 1 ? "the extension" : `each of ${variants.length} variants of the extension`}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the layer's launcher with its last line running \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), ${bareCpus.length} starts, mean. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status) 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the launcher running an idle \`node -e\`, once it printed a line, median of ${bareRsses.length}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, or that runs another build's tree, compared with the launcher as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,
-  );
 }

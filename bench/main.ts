@@ -54,7 +54,8 @@ const wanted = (section: string) => !only || only.includes(section);
 const quick = args.has("quick");
 /** Repetitions scale down with --quick, for trying a change; the recorded run uses the full counts. */
 const reps = (n: number) => (quick ? Math.max(3, Math.ceil(n / 3)) : n);
-const resultsPath = args.get("out") ?? join(REPO, "bench", "RESULTS.md");
+// bench/RESULTS.md holds whole, full runs only: a partial or quick one goes where --out says, or nowhere.
+const resultsPath = args.get("out") ?? (only || quick ? undefined : join(REPO, "bench", "RESULTS.md"));
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -687,7 +688,8 @@ try {
       brokerEnv,
       freePort,
       scratch,
-      bareIdle,
+      withNodeDir: process.env.BENCH_WITH_NODE_DIR,
+      withNodeVersion: process.env.BENCH_WITH_NODE_VERSION,
       sessionToken: SESSION_TOKEN,
       quick,
       reps,
@@ -745,5 +747,9 @@ const md = [
       ]
     : []),
 ].join("\n");
-await writeFile(resultsPath, md);
-log(`\nwritten: ${resultsPath}`);
+if (resultsPath) {
+  await writeFile(resultsPath, md);
+  log(`\nwritten: ${resultsPath}`);
+} else {
+  log("\nbench/RESULTS.md left as it was: --only and --quick runs are written only with --out=FILE");
+}

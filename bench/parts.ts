@@ -5,7 +5,9 @@
  * prints one JSON line, `{ "stage": … }`, then waits for a line on stdin: the bench reads the
  * process's memory and CPU from /proc meanwhile (and, after `app`, asks it for tokens). Parts:
  *  - `sts`: loads lazy/sts-client.mjs (the AWS SDK's STS client) and asks the STS stand-in once;
- *  - `fetch`: one token-exchange POST to the Databricks stand-in with Node.js's `fetch` (undici);
+ *  - `post`: one token-exchange POST to the Databricks stand-in, as the extension sends it
+ *    (src/http-post.ts, node:http);
+ *  - `fetch`: the same POST with Node.js's `fetch` (undici), which the extension used to send;
  *  - `app`: loads lazy/app.mjs (fastify and the routes), builds the app around a token cache
  *    holding one token and serves it on node:http, on DATABRICKS_TOKEN_BROKER_PORT.
  * The bench compares each part alone with this program doing nothing, and all in the
@@ -17,6 +19,8 @@ import { createInterface } from "node:readline";
 import { pathToFileURL } from "node:url";
 import type * as App from "../src/app.js";
 import { parseConfig } from "../src/config.js";
+import type { HttpPost } from "../src/exchange.js";
+import { httpPost } from "../src/http-post.js";
 import { createLogger } from "../src/log.js";
 import type * as StsClient from "../src/sts-client.js";
 import { TokenCache } from "../src/token-cache.js";
@@ -38,12 +42,17 @@ async function sts(): Promise<void> {
   await createStsPort(env.AWS_REGION ?? "us-east-1")({ audience: "databricks", signingAlgorithm: "RS256", durationSeconds: 300 }, AbortSignal.timeout(10_000));
 }
 
-async function exchange(): Promise<void> {
-  const res = await fetch(`${env.DATABRICKS_HOST}/oidc/v1/token`, {
+const EXCHANGE_FORM = new URLSearchParams({ grant_type: "urn:ietf:params:oauth:grant-type:token-exchange", subject_token: "x", subject_token_type: "urn:ietf:params:oauth:token-type:jwt", scope: "all-apis" }).toString();
+
+async function exchange(client: HttpPost): Promise<void> {
+  const res = await client(`${env.DATABRICKS_HOST}/oidc/v1/token`, {
     method: "POST",
-    body: new URLSearchParams({ grant_type: "urn:ietf:params:oauth:grant-type:token-exchange", subject_token: "x", subject_token_type: "urn:ietf:params:oauth:token-type:jwt", scope: "all-apis" }),
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: EXCHANGE_FORM,
+    redirect: "error",
+    signal: AbortSignal.timeout(10_000),
   });
-  await res.arrayBuffer();
+  for await (const _ of res.body ?? []);
 }
 
 async function app(): Promise<void> {
@@ -63,7 +72,7 @@ async function app(): Promise<void> {
   await new Promise<void>((r) => server.listen(Number(env.DATABRICKS_TOKEN_BROKER_PORT), "127.0.0.1", r));
 }
 
-const PARTS: Record<string, () => Promise<void>> = { sts, fetch: exchange, app };
+const PARTS: Record<string, () => Promise<void>> = { sts, post: () => exchange(httpPost), fetch: () => exchange(fetch), app };
 await stage("start");
 for (const part of list.split(",").filter(Boolean)) {
   const run = PARTS[part];
