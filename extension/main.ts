@@ -31,7 +31,10 @@ process.on("SIGTERM", () => process.exit(0));
 
 const runtimeApi = process.env.AWS_LAMBDA_RUNTIME_API;
 if (!runtimeApi) {
-  log.error("AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, started by Lambda from /opt/extensions");
+  // Run by hand, say where to go instead: the demo runs it under a local Lambda, the CLI checks a configuration.
+  log.error(
+    "AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, started by Lambda from /opt/extensions. To try it locally, run npm start in the databricks-token-broker repository (a local Lambda with STS and Databricks stand-ins); to check a configuration and your AWS credentials, run databricks-token-broker doctor",
+  );
   process.exit(1);
 }
 
