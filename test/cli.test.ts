@@ -4,6 +4,7 @@
  * user runs it. No output may carry a token, a JWT or a credential.
  */
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { EnableOutboundWebIdentityFederationCommand, GetOutboundWebIdentityFederationInfoCommand, IAMClient } from "@aws-sdk/client-iam";
@@ -33,11 +34,12 @@ interface World {
 
 interface SetupJson {
   ok: boolean;
-  federation: { enabled: boolean; enabledNow: boolean; issuer: string | null; problem: { code: string; fix: string } | null };
+  federation: { enabled: boolean | null; enabledNow: boolean; issuer: string | null; problem: { code: string; fix: string } | null };
   role: { arn: string | null; source: string | null; note: string | null; problem: { code: string } | null };
   iamPolicy: { Statement: { Action: string; Condition: Record<string, Record<string, unknown>> }[] };
   commands: { enableFederation: string | null; putRolePolicy: string; findServicePrincipal: string | null; createFederationPolicy: string };
   environment: Record<string, string>;
+  unresolved: { placeholder: string; fix: string }[];
 }
 
 const closers: (() => Promise<void>)[] = [];
@@ -181,7 +183,7 @@ describe("setup", () => {
     expect(before.text).toContain("✗ Outbound web identity federation: disabled");
     expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
 
-    const after = await w.setup(["--enable"]);
+    const after = await w.setup(["--enable", "--service-principal-id", "4711"]);
     expect(after.code).toBe(0);
     expect(after.report.federation).toEqual({ enabled: true, enabledNow: true, issuer: w.sts.issuer, problem: null });
     expect(w.sts.settings.enabled).toBe(true);
@@ -190,7 +192,7 @@ describe("setup", () => {
 
   it("--enable on an enabled account is not an error and calls nothing that changes it", async () => {
     const w = await world();
-    const { code, report } = await w.setup(["--enable"]);
+    const { code, report } = await w.setup(["--enable", "--service-principal-id", "4711"]);
     expect(code).toBe(0);
     expect(report.federation).toMatchObject({ enabled: true, enabledNow: false });
     expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
@@ -200,7 +202,7 @@ describe("setup", () => {
     const w = await world();
     // Get says disabled once; by the time Enable arrives someone else switched it on.
     w.iam.addFault({ kind: "error", code: "FeatureDisabled", status: 404 });
-    const { code, report } = await w.run(["setup", "--json", "--enable"]).then((r) => ({ code: r.code, report: JSON.parse(r.out) as SetupJson }));
+    const { code, report } = await w.run(["setup", "--json", "--enable", "--service-principal-id", "4711"]).then((r) => ({ code: r.code, report: JSON.parse(r.out) as SetupJson }));
     expect(code).toBe(0);
     expect(report.federation).toMatchObject({ enabled: true, issuer: w.sts.issuer, problem: null });
     expect(w.iam.calls.map((c) => [c.action, c.error])).toEqual([
@@ -220,14 +222,15 @@ describe("setup", () => {
   });
 
   it.each([
-    ["read denied", { denied: [GET_INFO] }, false, "AccessDenied", /iam:GetOutboundWebIdentityFederationInfo/],
-    ["enable denied", { enabled: false, denied: [ENABLE] }, true, "AccessDenied", /iam:EnableOutboundWebIdentityFederation/],
-  ] as const)("IAM %s → ✗ with the permission to ask for", async (_name, iam, enable, code, fix) => {
+    // A state IAM would not tell is unknown (null), not off; one it told stays what it said.
+    ["read denied", { denied: [GET_INFO] }, false, null, "unknown, IAM could not be read: AccessDenied", /iam:GetOutboundWebIdentityFederationInfo/],
+    ["enable denied", { enabled: false, denied: [ENABLE] }, true, false, "disabled, and enabling it failed: AccessDenied", /iam:EnableOutboundWebIdentityFederation/],
+  ] as const)("IAM %s → ✗ with the permission to ask for", async (_name, iam, enable, enabled, says, fix) => {
     const w = await world({ iam: { ...iam, denied: [...iam.denied] } });
-    const { code: exit, report, text } = await w.setup(enable ? ["--enable"] : []);
+    const { code: exit, report, text } = await w.setup([...(enable ? ["--enable"] : []), "--service-principal-id", "4711"]);
     expect(exit).toBe(1);
-    expect(report.federation.problem).toMatchObject({ code, fix: expect.stringMatching(fix) });
-    expect(text).toMatch(/✗ Outbound web identity federation: AccessDenied/);
+    expect(report.federation).toMatchObject({ enabled, problem: { code: "AccessDenied", fix: expect.stringMatching(fix) } });
+    expect(text).toContain(`✗ Outbound web identity federation: ${says}`);
     expect(w.sts.settings.enabled).toBe(!enable);
   });
 
@@ -245,12 +248,15 @@ describe("setup", () => {
     expect(report.federation.problem).toMatchObject({ ...(code ? { code } : {}), fix: expect.stringMatching(fix) });
   });
 
-  it("IAM unreachable → ✗ could not be reached", async () => {
+  it("IAM unreachable → ✗ could not be reached; enabled is unknown (null), not false, in --json", async () => {
     const w = await world();
     await w.iam.refuseConnections();
-    const { code, report } = await w.setup();
+    const { code, report, text } = await w.setup(["--service-principal-id", "4711"]);
     expect(code).toBe(1);
-    expect(report.federation.problem?.fix).toMatch(/could not be reached/);
+    expect(report.federation).toMatchObject({ enabled: null, enabledNow: false, issuer: null, problem: { fix: expect.stringMatching(/could not be reached/) } });
+    expect(report.unresolved).toEqual([{ placeholder: "<ISSUER_URL>", fix: "read it with credentials that may call iam:GetOutboundWebIdentityFederationInfo, and run setup again" }]);
+    expect(text).toContain("✗ Outbound web identity federation: unknown, IAM could not be read: ");
+    expect(text).not.toContain("disabled");
   });
 
   it("--role-arn wins over the session; a role path survives into the subject and the --role-name", async () => {
@@ -269,13 +275,19 @@ describe("setup", () => {
     expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/fn", source: "session", note: expect.stringMatching(/path.*--role-arn/) });
   });
 
-  it("credentials of an IAM user → ✗ asks for --role-arn rather than guessing", async () => {
+  it("credentials of an IAM user → ✗ asks for --role-arn rather than guessing; --role-name gets a name placeholder, not the ARN's", async () => {
     const w = await world({ sts: { callerArn: "arn:aws:iam::123456789012:user/alice" } });
-    const { code, report, text } = await w.setup();
+    const { code, report, text } = await w.setup(["--service-principal-id", "4711"]);
     expect(code).toBe(1);
     expect(report.role).toMatchObject({ arn: null, note: expect.stringMatching(/user\/alice.*--role-arn/) });
     expect(report.commands.createFederationPolicy).toContain('"subject":"<ROLE_ARN>"');
+    expect(report.commands.putRolePolicy).toMatch(/^aws iam put-role-policy --role-name '<ROLE_NAME>' --policy-name databricks-token-broker /);
+    expect(report.unresolved.map((u) => [u.placeholder, u.fix])).toEqual([
+      ["<ROLE_ARN>", "pass the function's execution role with --role-arn"],
+      ["<ROLE_NAME>", "pass the function's execution role with --role-arn"],
+    ]);
     expect(text).toContain("✗ Execution role: unknown");
+    expect(text).not.toContain("ROLE_ARN>' ");
   });
 
   it("an IAM Identity Center session is never taken for the function's role", async () => {
@@ -291,6 +303,40 @@ describe("setup", () => {
     const { code, report } = await w.setup();
     expect(code).toBe(1);
     expect(report.role.problem).toMatchObject({ code: "ExpiredToken" });
+  });
+
+  it("a placeholder left in the output (<SERVICE_PRINCIPAL_ID>) → exit 1, naming it and how to supply it", async () => {
+    const w = await world();
+    const { code, report, text } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.ok).toBe(false);
+    expect(report.federation.enabled).toBe(true);
+    const lookUp = `databricks account service-principals list --filter 'applicationId eq "${CLIENT_ID}"'`;
+    expect(report.unresolved).toEqual([{ placeholder: "<SERVICE_PRINCIPAL_ID>", fix: `pass the service principal's numeric ID with --service-principal-id; look it up with: ${lookUp}` }]);
+    expect(text).toContain(`✗ Not ready: these placeholders stand in the commands above; supply them and run setup again:\n   <SERVICE_PRINCIPAL_ID>: pass the service principal's numeric ID with --service-principal-id; look it up with: ${lookUp}\n`);
+  });
+
+  it("no DATABRICKS_HOST or DATABRICKS_CLIENT_ID → their placeholders are named too, and the exit is 1", async () => {
+    const w = await world({ env: { DATABRICKS_HOST: undefined, DATABRICKS_CLIENT_ID: undefined } });
+    const { code, report } = await w.setup(["--service-principal-id", "4711"]);
+    expect(code).toBe(1);
+    expect(report.unresolved.map((u) => u.placeholder)).toEqual(["<service principal application ID>", "https://<workspace-host>"]);
+    const full = await w.setup(["--service-principal-id", "4711", "--client-id", CLIENT_ID], { DATABRICKS_HOST: w.db.url });
+    expect(full.code).toBe(0);
+    expect(full.report.unresolved).toEqual([]);
+    expect(full.text).toContain("✓ Every value above is real");
+  });
+
+  it("numbers its steps as README's set-up section does, with the same titles", async () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const section = readme.slice(readme.indexOf("## Set up on AWS"), readme.indexOf("\n## ", readme.indexOf("## Set up on AWS") + 1));
+    const steps = [...section.matchAll(/^\*\*(\d)\. ([^*]+?)\.?\*\*/gm)].map((m) => [m[1]!, m[2]!] as const);
+    expect(steps.map(([n]) => n)).toEqual(["1", "2", "3", "4", "5"]);
+    const w = await world();
+    const { text } = await w.setup(["--service-principal-id", "4711"]);
+    const printed = text.split("\n").filter((l) => /^\d\. /.test(l));
+    expect(printed).toHaveLength(steps.length);
+    steps.forEach(([n, title], i) => expect(printed[i]).toMatch(new RegExp(`^${n}\\. ${title.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\b`)));
   });
 
   it("prints how to find the numeric service principal ID from DATABRICKS_CLIENT_ID", async () => {
@@ -752,7 +798,7 @@ describe("the built command", () => {
     const doctor = await spawnCli(["doctor", "--json"], env);
     expect(doctor.code, doctor.stderr).toBe(0);
     expect((JSON.parse(doctor.stdout) as { ok: boolean }).ok).toBe(true);
-    const setup = await spawnCli(["setup", "--json"], env);
+    const setup = await spawnCli(["setup", "--json", "--service-principal-id", "4711"], env);
     expect(setup.code, setup.stderr).toBe(0);
     expect((JSON.parse(setup.stdout) as SetupJson).federation.issuer).toBe(w.sts.issuer);
 
