@@ -4,7 +4,8 @@
  * user runs it. No output may carry a token, a JWT or a credential.
  */
 import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { EnableOutboundWebIdentityFederationCommand, GetOutboundWebIdentityFederationInfoCommand, IAMClient } from "@aws-sdk/client-iam";
@@ -56,7 +57,16 @@ function expectNoSecrets(w: World, ...texts: string[]): void {
   }
 }
 
-async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: Partial<DatabricksOptions>; env?: Record<string, string | undefined> } = {}): Promise<World> {
+interface WorldOptions {
+  sts?: StsOptions;
+  iam?: Omit<IamOptions, "sts">;
+  db?: Partial<DatabricksOptions>;
+  env?: Record<string, string | undefined>;
+  /** The clients' credentials, or a provider; the test credentials by default. */
+  credentials?: typeof CREDENTIALS | (() => Promise<typeof CREDENTIALS>);
+}
+
+async function world(o: WorldOptions = {}): Promise<World> {
   const sts = await startSts({ region: "us-east-1", ...o.sts });
   const iam = await startIam({ sts, ...o.iam });
   const db = await startDatabricks({
@@ -66,8 +76,9 @@ async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: 
   });
   closers.push(() => sts.close(), () => iam.close(), () => db.close());
   const clients = (region: string) => {
-    const stsClient = new STSClient({ region, endpoint: sts.url, credentials: CREDENTIALS, maxAttempts: 1 });
-    return { iam: new IAMClient({ region, endpoint: iam.url, credentials: CREDENTIALS, maxAttempts: 1 }), sts: stsClient, getWebIdentityToken: webIdentityTokenPort(stsClient) };
+    const credentials = o.credentials ?? CREDENTIALS;
+    const stsClient = new STSClient({ region, endpoint: sts.url, credentials, maxAttempts: 1 });
+    return { iam: new IAMClient({ region, endpoint: iam.url, credentials, maxAttempts: 1 }), sts: stsClient, getWebIdentityToken: webIdentityTokenPort(stsClient) };
   };
   const baseEnv: Record<string, string | undefined> = {
     DATABRICKS_TOKEN_BROKER_ENABLED: "true",
@@ -484,6 +495,78 @@ describe("doctor", () => {
     });
   });
 
+  describe("the AWS profile's region and the credentials (issue 14, item 4)", () => {
+    /** A home directory whose ~/.aws/config holds `config`; removed after the test. */
+    const home = (config: string): string => {
+      const dir = mkdtempSync(join(tmpdir(), "cli-home-"));
+      mkdirSync(join(dir, ".aws"));
+      writeFileSync(join(dir, ".aws", "config"), config);
+      closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+      return dir;
+    };
+    const NO_REGION = { AWS_REGION: undefined, AWS_DEFAULT_REGION: undefined };
+
+    it("AWS_PROFILE's region in ~/.aws/config is the region: the chain runs there", async () => {
+      const w = await world({ sts: { region: "eu-west-1" } });
+      const dir = home("[default]\nregion = ap-south-1\n\n[profile dev]\n# the laptop's profile\nregion = eu-west-1\n");
+      const d = await w.doctor({ ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "configuration").detail).toContain(`region eu-west-1 (from profile dev in ${join(dir, ".aws", "config")})`);
+    });
+
+    it("without AWS_PROFILE the default profile's; AWS_CONFIG_FILE names another file; AWS_REGION and AWS_DEFAULT_REGION come first", async () => {
+      const w = await world();
+      const dir = home("[default]\nregion = us-east-1\n[profile dev]\nregion = eu-west-1\n");
+      expect((await w.doctor({ ...NO_REGION, HOME: dir })).checks[0]!.detail).toContain(`region us-east-1 (from profile default in ${join(dir, ".aws", "config")})`);
+      const other = join(dir, "other-config");
+      writeFileSync(other, "[profile ci]\nregion = us-east-1\n");
+      expect((await w.doctor({ ...NO_REGION, HOME: dir, AWS_CONFIG_FILE: other, AWS_PROFILE: "ci" })).checks[0]!.detail).toContain(`region us-east-1 (from profile ci in ${other})`);
+      expect((await w.doctor({ ...NO_REGION, AWS_DEFAULT_REGION: "us-east-1", HOME: dir, AWS_PROFILE: "dev" })).checks[0]!.detail).toMatch(/region us-east-1 \(from AWS_DEFAULT_REGION\)$/);
+      const d = await w.doctor({ AWS_REGION: "us-east-1", AWS_DEFAULT_REGION: "eu-west-1", HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.checks[0]!.detail).toMatch(/region us-east-1$/);
+      expect(d.ok, d.text).toBe(true);
+    });
+
+    it("setup takes the profile's region too (the STS stand-in refuses a request signed for another)", async () => {
+      const w = await world({ sts: { region: "eu-west-1" } });
+      const dir = home("[profile dev]\nregion = eu-west-1\n");
+      const { report } = await w.setup(["--service-principal-id", "4711"], { ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/broker-test", problem: null });
+      // Without the profile, us-east-1: the stand-in refuses the signature's region.
+      const { report: without } = await w.setup(["--service-principal-id", "4711"], { ...NO_REGION, HOME: dir });
+      expect(without.role.arn).toBeNull();
+    });
+
+    it("no region anywhere → ✗ configuration saying where it looked and how to set one", async () => {
+      const w = await world();
+      const dir = home("[profile dev]\noutput = json\n");
+      const d = await w.doctor({ ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.code).toBe(1);
+      expect(step(d.checks, "configuration")).toMatchObject({
+        status: "fail",
+        detail: expect.stringContaining("AWS_REGION: is required"),
+        fix: expect.stringContaining(`No region found (looked in AWS_REGION, AWS_DEFAULT_REGION and profile dev (AWS_PROFILE) in ${join(dir, ".aws", "config")}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`),
+      });
+      expect(w.sts.calls).toHaveLength(0);
+    });
+
+    it("a credential provider failing (an SSO token that cannot be refreshed) → ✗ sts: no credentials, STS not called, and where the SDK looked", async () => {
+      const tokenFailure = Object.assign(new Error("SSO Token refresh failed. Please log in using \"aws sso login\""), { name: "TokenProviderError", tryNextLink: false });
+      const w = await world({ credentials: async () => Promise.reject(tokenFailure) });
+      const d = await w.doctor({ AWS_PROFILE: "sso-dev", HOME: "/home/someone", AWS_CONFIG_FILE: undefined, AWS_SHARED_CREDENTIALS_FILE: undefined });
+      expect(d.code).toBe(1);
+      expect(step(d.checks, "federation")).toMatchObject({ status: "skip", detail: expect.stringContaining("no AWS credentials were found") });
+      const sts = step(d.checks, "sts");
+      expect(sts.detail).toBe('no AWS credentials were found, so STS was not called (SSO Token refresh failed. Please log in using "aws sso login")');
+      expect(sts.detail).not.toMatch(/STS answer could not be used/);
+      expect(sts.fix).toBe(
+        "the AWS SDK looked in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), profile sso-dev (AWS_PROFILE) in /home/someone/.aws/credentials and /home/someone/.aws/config (keys, SSO, role_arn, credential_process), a web identity token file (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), EC2 instance metadata: give one of them the execution role's credentials (a profile with role_arn, aws sso login for an SSO profile, or run inside the function)",
+      );
+      expect(w.sts.calls).toHaveLength(0);
+      expect(w.iam.calls).toHaveLength(0);
+    });
+  });
+
   describe("AWS side", () => {
     it("federation disabled → ✗ federation with the enable command, and ✗ sts with the same fix", async () => {
       const w = await world({ iam: { enabled: false } });
@@ -810,5 +893,32 @@ describe("the built command", () => {
 
     const usage = await spawnCli(["--nope"], env);
     expect(usage.code).toBe(2);
+  });
+
+  it("with no credentials anywhere and the region only in ~/.aws/config: ✗ sts says no credentials were found and where, and STS is never called", async () => {
+    const w = await world({ sts: { region: "eu-west-1" } });
+    const dir = mkdtempSync(join(tmpdir(), "cli-home-"));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    mkdirSync(join(dir, ".aws"));
+    writeFileSync(join(dir, ".aws", "config"), "[default]\nregion = eu-west-1\n");
+    const env = {
+      PATH: process.env.PATH,
+      HOME: dir,
+      ...w.env,
+      AWS_REGION: undefined,
+      AWS_ENDPOINT_URL_STS: w.sts.url,
+      AWS_ENDPOINT_URL_IAM: w.iam.url,
+      // The chain's last link would ask 169.254.169.254; nothing here may leave the machine.
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const r = await spawnCli(["doctor", "--json"], env);
+    expect(r.code, r.stderr).toBe(1);
+    const checks = (JSON.parse(r.stdout) as { checks: Check[] }).checks;
+    expect(step(checks, "configuration").detail).toContain(`region eu-west-1 (from profile default in ${join(dir, ".aws", "config")})`);
+    const sts = step(checks, "sts");
+    expect(sts.detail).toMatch(/^no AWS credentials were found, so STS was not called \(Could not load credentials from any providers\)$/);
+    expect(sts.fix).toContain(`profile default in ${join(dir, ".aws", "credentials")} and ${join(dir, ".aws", "config")}`);
+    expect(sts.fix).toContain("EC2 instance metadata");
+    expect(w.sts.calls).toHaveLength(0);
   });
 });

@@ -5,7 +5,7 @@
  */
 import type { FetchLike } from "../exchange.js";
 import { parseCliArgs, USAGE, UsageError } from "./args.js";
-import type { AwsClients } from "./aws.js";
+import { type AwsClients, resolveRegion } from "./aws.js";
 import { renderDoctor, runDoctor } from "./doctor.js";
 import { renderSetup, runSetup } from "./setup.js";
 
@@ -34,7 +34,8 @@ export async function runCli(argv: readonly string[], deps: CliDeps): Promise<nu
       return EXIT_OK;
     }
     if (args.command === "setup") {
-      const region = args.region ?? (deps.env.AWS_REGION?.trim() || deps.env.AWS_DEFAULT_REGION?.trim() || SETUP_DEFAULT_REGION);
+      // The region the AWS CLI would use (the profile's too), for the partition; IAM itself is global.
+      const region = args.region ?? (await resolveRegion(deps.env))?.region ?? SETUP_DEFAULT_REGION;
       const report = await runSetup(args.setup, { clients: deps.clients(region), env: deps.env });
       deps.out(args.json ? `${JSON.stringify(report, null, 2)}\n` : renderSetup(report));
       return report.ok ? EXIT_OK : EXIT_FAILED;
