@@ -550,9 +550,12 @@ describe("doctor", () => {
       expect(w.sts.calls).toHaveLength(0);
     });
 
-    it("a credential provider failing (an SSO token that cannot be refreshed) → ✗ sts: no credentials, STS not called, and where the SDK looked", async () => {
-      const tokenFailure = Object.assign(new Error("SSO Token refresh failed. Please log in using \"aws sso login\""), { name: "TokenProviderError", tryNextLink: false });
-      const w = await world({ credentials: async () => Promise.reject(tokenFailure) });
+    it.each([
+      ["an SSO token that cannot be refreshed", Object.assign(new Error('SSO Token refresh failed. Please log in using "aws sso login"'), { name: "TokenProviderError", tryNextLink: false })],
+      // As in Lambda before the launcher set HOME: the chain's file lookup threw (commit 94a7e69).
+      ["no home directory to read ~/.aws from", Object.assign(new Error('SSO Token refresh failed. Please log in using "aws sso login"'), { name: "SystemError", code: "ERR_SYSTEM_ERROR" })],
+    ])("a credential provider failing (%s) → ✗ sts: no credentials, STS not called, and where the SDK looked", async (_name, failure) => {
+      const w = await world({ credentials: async () => Promise.reject(failure) });
       const d = await w.doctor({ AWS_PROFILE: "sso-dev", HOME: "/home/someone", AWS_CONFIG_FILE: undefined, AWS_SHARED_CREDENTIALS_FILE: undefined });
       expect(d.code).toBe(1);
       expect(step(d.checks, "federation")).toMatchObject({ status: "skip", detail: expect.stringContaining("no AWS credentials were found") });

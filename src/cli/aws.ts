@@ -19,9 +19,11 @@ export interface IamLike {
   send(command: EnableOutboundWebIdentityFederationCommand): Promise<{ IssuerIdentifier?: string | undefined }>;
 }
 
-/** The part of `STSClient` the CLI uses itself: who the caller is. */
+/** The part of `STSClient` the CLI uses itself: who the caller is, and its credentials. */
 export interface StsCliLike {
   send(command: GetCallerIdentityCommand): Promise<{ Arn?: string | undefined; Account?: string | undefined }>;
+  /** The SDK client's resolved configuration, whose credential provider the doctor asks first. */
+  readonly config?: { readonly credentials?: unknown };
 }
 
 export interface AwsClients {
@@ -51,12 +53,21 @@ export interface ResolvedRegion {
 
 /** The shared files the AWS CLI and SDKs read, as `env` names them (each SDK's own defaults). */
 export function sharedFiles(env: NodeJS.ProcessEnv): { profile: string; configFile: string; credentialsFile: string } {
-  const home = env.HOME?.trim() || env.USERPROFILE?.trim() || homedir();
+  const home = env.HOME?.trim() || env.USERPROFILE?.trim() || homeOfUser();
   return {
     profile: env.AWS_PROFILE?.trim() || "default",
     configFile: env.AWS_CONFIG_FILE?.trim() || join(home, ".aws", "config"),
     credentialsFile: env.AWS_SHARED_CREDENTIALS_FILE?.trim() || join(home, ".aws", "credentials"),
   };
+}
+
+/** The user's home from the password database; "~" where there is none (a sandbox user without HOME). */
+function homeOfUser(): string {
+  try {
+    return homedir();
+  } catch {
+    return "~";
+  }
 }
 
 /**
@@ -87,6 +98,22 @@ export function credentialSources(env: NodeJS.ProcessEnv): string {
     "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI)",
     "EC2 instance metadata",
   ].join(", ");
+}
+
+/**
+ * Resolves the STS client's credentials (the SDK's default chain, or what the client was given)
+ * before any call; the chain's error when it finds none, undefined when it finds some or the
+ * client does not say. The SDK memoizes the result, so the calls that follow reuse it.
+ */
+export async function missingCredentials(sts: StsCliLike): Promise<unknown> {
+  const provider = sts.config?.credentials;
+  if (typeof provider !== "function") return undefined;
+  try {
+    await (provider as () => Promise<unknown>)();
+    return undefined;
+  } catch (err) {
+    return err ?? new Error("the credential provider failed");
+  }
 }
 
 /**

@@ -11,7 +11,7 @@ import { createExchange, type AccessToken, type Exchange, type FetchLike } from 
 import { fingerprint, redact, silentLogger } from "../log.js";
 import { createStsSource, type StsJwt, type StsSource } from "../sts.js";
 import type { DoctorArgs } from "./args.js";
-import { type AwsClients, credentialSources, describeAwsError, getFederationState, isCredentialsFailure, type ResolvedRegion, resolveRegion, sharedFiles } from "./aws.js";
+import { type AwsClients, credentialSources, describeAwsError, getFederationState, isCredentialsFailure, missingCredentials, type ResolvedRegion, resolveRegion, sharedFiles } from "./aws.js";
 import { claimChecks, expectedSubject } from "./doctor-claims.js";
 import { executionRolePolicy } from "./policies.js";
 
@@ -71,6 +71,13 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
   const config = configStep(list, env, region);
   if (!config) return list.stopAt("federation");
   const clients = deps.clients(config.region);
+  // Without credentials nothing below can be asked: say so once, and where the SDK looked.
+  const noCredentials = await missingCredentials(clients.sts);
+  if (noCredentials !== undefined) {
+    list.add({ step: "federation", status: "skip", detail: "not read: no AWS credentials were found (the sts step below says where the AWS SDK looked)" });
+    list.add(noCredentialsCheck(noCredentials, env));
+    return list.stopAt("claims.iss");
+  }
   const issuer = await federationStep(list, clients.iam);
   const getJwt = stsSourceFor(config, clients, now);
   const first = await stsStep(list, getJwt, { config, now, env });
@@ -163,6 +170,17 @@ async function federationStep(list: Checklist, iam: AwsClients["iam"]): Promise<
   return undefined;
 }
 
+/** Nothing reached STS: said so, with where the SDK's chain looked, rather than what STS "answered". */
+function noCredentialsCheck(err: unknown, env: NodeJS.ProcessEnv): Check {
+  const message = err instanceof Error ? err.message : String(err);
+  return {
+    step: "sts",
+    status: "fail",
+    detail: `no AWS credentials were found, so STS was not called (${message})`,
+    fix: `the AWS SDK looked in ${credentialSources(env)}: give one of them the execution role's credentials (a profile with role_arn, aws sso login for an SSO profile, or run inside the function)`,
+  };
+}
+
 /** The JWTs as the broker gets them, without its logging. */
 function stsSourceFor(config: Config, clients: AwsClients, now: () => number): StsSource {
   return createStsSource({
@@ -184,14 +202,7 @@ async function stsStep(list: Checklist, getJwt: StsSource, { config, now, env }:
     // The source rejects with BrokerErrors only.
     const e = err as BrokerError;
     if (isCredentialsFailure(e.cause)) {
-      // Nothing reached STS: say so, and where the SDK's chain looked, rather than what STS "answered".
-      const message = e.cause instanceof Error ? e.cause.message : String(e.cause);
-      list.add({
-        step: "sts",
-        status: "fail",
-        detail: `no AWS credentials were found, so STS was not called (${message})`,
-        fix: `the AWS SDK looked in ${credentialSources(env)}: give one of them the execution role's credentials (a profile with role_arn, aws sso login for an SSO profile, or run inside the function)`,
-      });
+      list.add(noCredentialsCheck(e.cause, env));
       return undefined;
     }
     const check = failedCheck(e);
