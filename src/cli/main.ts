@@ -10,6 +10,10 @@ import { renderDoctor, runDoctor } from "./doctor.js";
 import { renderSetup, runSetup } from "./setup.js";
 
 export interface CliDeps {
+  /**
+   * The process's environment. The CLI sets the AWS SDK's documented
+   * AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED in it, unless set, before any client is built.
+   */
   env: NodeJS.ProcessEnv;
   out: (text: string) => void;
   err: (text: string) => void;
@@ -22,11 +26,16 @@ export interface CliDeps {
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
+/** The AWS SDK reads it from the environment when it builds a client. */
+const SDK_NODE_NOTICE_SWITCH = "AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED";
 /** IAM is global: in the commercial partition every region reaches the same endpoint. */
 const SETUP_DEFAULT_REGION = "us-east-1";
 
 /** Runs one command line; resolves with the exit status. */
 export async function runCli(argv: readonly string[], deps: CliDeps): Promise<number> {
+  // On Node.js 20 the SDK prints a multi-line notice to stderr at the first client, on every
+  // run; the switch the SDK documents for it (aws-sdk-js-v3 issue 7983) keeps the output to the report.
+  deps.env[SDK_NODE_NOTICE_SWITCH] ??= "true";
   try {
     const args = parseCliArgs(argv);
     if (args.command === "help") {
