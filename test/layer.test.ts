@@ -4,7 +4,7 @@
  * registry once (cached under node_modules/.cache).
  */
 import { execFile } from "node:child_process";
-import { access, mkdtemp, readFile, rm, stat, symlink } from "node:fs/promises";
+import { access, chmod, mkdtemp, readFile, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -258,6 +258,19 @@ describe("the wrong layer for the function says which one to attach (issue 14, i
     await expectInitExit(dir, bin, 127, noNode("the extension"));
     const doctor = await shell("databricks-token-broker doctor", { PATH: `${bin}:${join(dir, "bin")}` });
     expect(doctor).toEqual({ code: 127, stdout: "", stderr: `${noNode("the setup/doctor command")}\n` });
+  });
+
+  it("a with-Node.js layer whose node lost its execute bit (published from a copy): says so, and what to publish", async () => {
+    const { dir } = await unpacked(`layer-with-node-${HOST.arch}.zip`);
+    const node = join(dir, "databricks-token-broker", "node", "bin", "node");
+    await chmod(node, 0o644);
+    const bin = await bareBin();
+    const doctor = await shell("databricks-token-broker doctor", { PATH: `${bin}:${join(dir, "bin")}` });
+    expect(doctor).toEqual({
+      code: 126,
+      stdout: "",
+      stderr: `databricks-token-broker: the setup/doctor command cannot start: the layer's Node.js, ${join(dir, "bin")}/../databricks-token-broker/node/bin/node, is not executable: the layer was published from a copy that lost the zip's file modes; publish the zip \`npm run build\` wrote, as it is.\n`,
+    });
   });
 
   it(`layer-with-node-${HOST.other}.zip on ${UNAME}: refused before exec (exit 126), naming the flavour to attach; so does the command`, async () => {
