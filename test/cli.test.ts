@@ -545,7 +545,7 @@ describe("doctor", () => {
       expect(step(d.checks, "configuration")).toMatchObject({
         status: "fail",
         detail: expect.stringContaining("AWS_REGION: is required"),
-        fix: expect.stringContaining(`No region found (looked in AWS_REGION, AWS_DEFAULT_REGION and profile dev (AWS_PROFILE) in ${join(dir, ".aws", "config")}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`),
+        fix: expect.stringContaining(`; AWS_REGION: no region found (looked in AWS_REGION, AWS_DEFAULT_REGION and profile dev (AWS_PROFILE) in ${join(dir, ".aws", "config")}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`),
       });
       expect(w.sts.calls).toHaveLength(0);
     });

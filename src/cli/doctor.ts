@@ -106,7 +106,7 @@ function configFix(err: BrokerError, env: NodeJS.ProcessEnv, region: ResolvedReg
   if (region !== undefined || !/(^|; |: )AWS_REGION: /.test(err.message)) return err.hint;
   const { profile, configFile } = sharedFiles(env);
   const where = `looked in AWS_REGION, AWS_DEFAULT_REGION and profile ${profile}${env.AWS_PROFILE?.trim() ? " (AWS_PROFILE)" : ""} in ${configFile}`;
-  return `${err.hint ? `${err.hint}. ` : ""}No region found (${where}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`;
+  return `${err.hint ? `${err.hint}; ` : ""}AWS_REGION: no region found (${where}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`;
 }
 
 /** The `configuration` step: the configuration, or undefined once the step's failure is in `list`. */
