@@ -19,6 +19,14 @@ if (tlsChecksOff) {
   log.warn("NODE_TLS_REJECT_UNAUTHORIZED=0 is ignored: the extension always checks TLS certificates; trust a private CA with NODE_EXTRA_CA_CERTS");
 }
 
+// The AWS SDK's multi-line Node.js 20 notice would be a warn line at every cold start. The SDK
+// documents this switch for it (aws-sdk-js-v3 issue 7983); the same news is logged once, at
+// debug, here. A value the function set itself is left alone.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
+if (Number(process.versions.node.split(".")[0]) < 22) {
+  log.debug(`Node.js ${process.version} is past its end of life (April 2026), and AWS SDK for JavaScript releases after the first week of January 2027 need Node.js 22 or later: move the function to nodejs22.x or nodejs24.x`);
+}
+
 // The extension dying makes Lambda reset the whole environment, so one stray error
 // is logged, not fatal. Every known failure path is handled where it happens.
 process.on("uncaughtException", (err) => log.error("uncaught exception", { error: err }));
@@ -32,7 +40,10 @@ process.on("SIGTERM", () => process.exit(0));
 
 const runtimeApi = process.env.AWS_LAMBDA_RUNTIME_API;
 if (!runtimeApi) {
-  log.error("AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, started by Lambda from /opt/extensions");
+  // Run by hand, say where to go instead: the demo runs it under a local Lambda, the CLI checks a configuration.
+  log.error(
+    "AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, started by Lambda from /opt/extensions. To try it locally, run npm start in the databricks-token-broker repository (a local Lambda with STS and Databricks stand-ins); to check a configuration and your AWS credentials, run databricks-token-broker doctor",
+  );
   process.exit(1);
 }
 

@@ -1,5 +1,6 @@
 // Builds the layer tree as Lambda unpacks it under /opt (SPEC §1):
 //   extensions/databricks-token-broker   the launcher (mode 0755; its name is the extension's)
+//   bin/databricks-token-broker          `setup`/`doctor` on the function's PATH (mode 0755)
 //   databricks-token-broker/index.cjs    the extension's entry, one file (what start-up loads)
 //   databricks-token-broker/lazy/        what it loads later: the AWS SDK, fastify and the app
 //   databricks-token-broker/cli.mjs      the `setup`/`doctor` command, bundled apart
@@ -101,9 +102,12 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   const tree = `${outDir}.staging-${process.pid}`;
   await rm(tree, { recursive: true, force: true });
   await mkdir(join(tree, "extensions"), { recursive: true });
-  const launcher = join(tree, "extensions", EXTENSION_NAME);
-  await copyFile(join(ROOT, "layer", "extensions", EXTENSION_NAME), launcher);
-  await chmod(launcher, 0o755);
+  await mkdir(join(tree, "bin"));
+  for (const dir of ["extensions", "bin"]) {
+    const launcher = join(tree, dir, EXTENSION_NAME);
+    await copyFile(join(ROOT, "layer", dir, EXTENSION_NAME), launcher);
+    await chmod(launcher, 0o755);
+  }
   const bundleDir = join(tree, EXTENSION_NAME);
   const inputs = [];
   for (const options of bundles(bundleDir)) {
@@ -183,6 +187,30 @@ async function swapIn(tree, outDir) {
   await Promise.all(old.map((d) => rm(d, { recursive: true, force: true })));
 }
 
+/** ELF e_machine values of the flavours' architectures, and what `uname -m` calls each. */
+const ELF_MACHINES = { x86_64: { machine: 0x3e, uname: "x86_64" }, arm64: { machine: 0xb7, uname: "aarch64" } };
+const PT_INTERP = 3;
+
+/**
+ * The with-Node.js flavour's databricks-token-broker/node/arch, which the launchers read before they
+ * exec: one line, `<arch> <uname -m> <ELF interpreter>`, from the ELF64 `node` binary itself
+ * (its header's machine, its PT_INTERP segment). Throws if `node` is not built for `arch`.
+ */
+export function archMarker(arch, node) {
+  const { machine, uname } = ELF_MACHINES[arch];
+  if (node.toString("latin1", 0, 4) !== "\x7fELF" || node.readUInt16LE(18) !== machine) {
+    throw new Error(`the Node.js for the ${arch} flavour is not an ELF binary for ${uname} (e_machine ${node.readUInt16LE(18)}, want ${machine})`);
+  }
+  const [phoff, phentsize, phnum] = [Number(node.readBigUInt64LE(0x20)), node.readUInt16LE(0x36), node.readUInt16LE(0x38)];
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize;
+    if (node.readUInt32LE(ph) !== PT_INTERP) continue;
+    const [offset, size] = [Number(node.readBigUInt64LE(ph + 0x08)), Number(node.readBigUInt64LE(ph + 0x20))];
+    return `${arch} ${uname} ${node.toString("latin1", offset, offset + size).replace(/\0+$/, "")}\n`;
+  }
+  throw new Error(`the Node.js for the ${arch} flavour has no ELF interpreter (PT_INTERP): a static binary needs no architecture check, and layer/build.mjs does not expect one`);
+}
+
 /** The zips `buildAll` writes into dist/, in order; template.yaml names each. */
 export const ARTIFACTS = ["layer.zip", "layer-with-node-x86_64.zip", "layer-with-node-arm64.zip"];
 
@@ -229,7 +257,8 @@ export async function buildAll({ dist = join(ROOT, "dist"), cacheDir = join(ROOT
       // The tree's notices, and those of Node.js: its LICENSE also gives the licences of what it bundles.
       const withNode = notices + "\n" + noticeBlock([`Node.js ${NODE_VERSION} (npm package ${pkg}; MIT), in ${EXTENSION_NAME}/node`], (await readFile(join(node, "LICENSE"), "utf8")).trim());
       const name = `layer-with-node-${arch}.zip`;
-      const unzipped = await add(name, [{ dir: tree }, { dir: node, prefix: `${EXTENSION_NAME}/node/` }, { name: `${EXTENSION_NAME}/${NOTICES_FILE}`, data: Buffer.from(withNode) }]);
+      const marker = { name: `${EXTENSION_NAME}/node/arch`, data: Buffer.from(archMarker(arch, await readFile(join(node, "bin", "node")))) };
+      const unzipped = await add(name, [{ dir: tree }, { dir: node, prefix: `${EXTENSION_NAME}/node/` }, { name: `${EXTENSION_NAME}/${NOTICES_FILE}`, data: Buffer.from(withNode) }, marker]);
       if (unzipped > MAX_WITH_NODE_UNZIPPED_BYTES) {
         const mib = (n) => `${(n / 1024 / 1024).toFixed(1)} MB`;
         throw new Error(

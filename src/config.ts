@@ -234,6 +234,26 @@ function checkEndpoint(variable: string, raw: string, problems: Problems): strin
   return undefined;
 }
 
+/**
+ * Why `raw` is not a bare host, saying exactly what to drop: a workspace URL copied from the
+ * browser carries the workspace ID (`?o=123`) or a page's path, which the broker cannot use.
+ */
+function notBareHost(raw: string): string {
+  const withScheme = withDefaultScheme(raw);
+  const url = URL.canParse(withScheme) ? new URL(withScheme) : undefined;
+  if (url === undefined || (url.protocol !== "https:" && url.protocol !== "http:")) {
+    return `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${quoteUrl(raw)}`;
+  }
+  const extra = [
+    url.pathname !== "/" && url.pathname !== "" ? `the path ${JSON.stringify(url.pathname)}` : undefined,
+    url.search ? `the query ${JSON.stringify(url.search)}` : undefined,
+    url.hash ? `the fragment ${JSON.stringify(url.hash)}` : undefined,
+  ].filter((part) => part !== undefined);
+  // The corrected value must pass the next check too, so a remote host gets https.
+  const origin = url.protocol === "http:" && !isLoopbackHostname(url.hostname) ? `https://${url.host}` : url.origin;
+  return `must be the host's bare URL, without a path, query or fragment: remove ${extra.join(" and ")}; the value to set is ${origin} (got ${quoteUrl(raw)})`;
+}
+
 /** A target's host as its normalised origin: https, or http on loopback only. */
 function checkHost(variable: string, raw: string | undefined, problems: Problems): string | undefined {
   if (raw === undefined || raw.trim() === "") {
@@ -247,7 +267,7 @@ function checkHost(variable: string, raw: string | undefined, problems: Problems
   }
   const host = normalizeHost(raw);
   if (host === undefined) {
-    problems.add(variable, `must be a bare URL such as https://dbc-1234.cloud.databricks.com, got ${quoteUrl(raw)}`);
+    problems.add(variable, notBareHost(raw));
     return undefined;
   }
   if (host.startsWith("http:") && !isLoopbackHostname(new URL(host).hostname)) {
@@ -287,9 +307,8 @@ function buildTarget(
     problems.add(names.clientId, `must be the service principal's application ID, got ${JSON.stringify(input.clientId)}`);
   }
   const scope = input.scope === undefined || input.scope.trim() === "" ? defaultScope : input.scope.trim();
-  if (!SCOPE.test(scope)) {
-    problems.add(names.scope, `must be space-separated OAuth scopes, got ${JSON.stringify(input.scope)}`);
-  }
+  // The default scope was checked, and reported, under its own variable (readScope).
+  if (scope !== defaultScope && !SCOPE.test(scope)) problems.add(names.scope, scopeProblem(input.scope ?? ""));
   let tokenEndpoint: string | undefined;
   if (input.tokenEndpoint !== undefined && input.tokenEndpoint.trim() !== "") {
     tokenEndpoint = checkEndpoint(names.tokenEndpoint, input.tokenEndpoint, problems);
@@ -586,13 +605,24 @@ function readPort(env: NodeJS.ProcessEnv, problems: Problems): number {
 function readTokenLifetimes(env: NodeJS.ProcessEnv, problems: Problems): { minTtlSeconds: number; refreshAheadSeconds: number } {
   const minTtlSeconds = readWholeNumber(env, `${P}MIN_TTL_SECONDS`, DEFAULTS.minTtlSeconds, 0, 86_400, problems);
   const refreshAheadSeconds = readWholeNumber(env, `${P}REFRESH_AHEAD_SECONDS`, DEFAULTS.refreshAheadSeconds, 0, 86_400, problems);
-  if (refreshAheadSeconds < minTtlSeconds) {
-    problems.add(
-      `${P}REFRESH_AHEAD_SECONDS`,
-      `must not be below ${P}MIN_TTL_SECONDS (${minTtlSeconds}), got ${refreshAheadSeconds}: a token would become unservable before its refresh starts`,
-    );
-  }
+  if (refreshAheadSeconds < minTtlSeconds) problems.add(...lifetimeProblem(env, minTtlSeconds, refreshAheadSeconds));
   return { minTtlSeconds, refreshAheadSeconds };
+}
+
+/**
+ * The rule REFRESH_AHEAD_SECONDS ≥ MIN_TTL_SECONDS broken, told against the variable the user
+ * set: one left at its default is named as the default, not as a value the user gave.
+ */
+function lifetimeProblem(env: NodeJS.ProcessEnv, minTtl: number, refreshAhead: number): [string, string] {
+  const isSet = (name: string) => (env[name]?.trim() ?? "") !== "";
+  const min = `${P}MIN_TTL_SECONDS`;
+  const ahead = `${P}REFRESH_AHEAD_SECONDS`;
+  const why = "a token would become unservable before its background refresh starts";
+  if (isSet(min) && !isSet(ahead)) {
+    return [min, `must not be above ${ahead} (${refreshAhead}, its default), got ${minTtl}: ${why}; lower it to ${refreshAhead} or less, or set ${ahead} to ${minTtl} or more`];
+  }
+  const minSource = isSet(min) ? `${minTtl}` : `${minTtl}, its default`;
+  return [ahead, `must not be below ${min} (${minSource}), got ${refreshAhead}: ${why}; set it to ${minTtl} or more${isSet(min) ? `, or lower ${min}` : ""}`];
 }
 
 /** Seconds above 0, fractions allowed. */
@@ -610,8 +640,17 @@ function readWaitSeconds(env: NodeJS.ProcessEnv, problems: Problems): number {
 /** The scope of the default target, and of each named target that sets none. */
 function readScope(env: NodeJS.ProcessEnv, problems: Problems): string {
   const scope = env[`${P}SCOPE`]?.trim() || DEFAULTS.scope;
-  if (!SCOPE.test(scope)) problems.add(`${P}SCOPE`, `must be space-separated OAuth scopes, got ${JSON.stringify(scope)}`);
+  if (!SCOPE.test(scope)) problems.add(`${P}SCOPE`, scopeProblem(scope));
   return scope;
+}
+
+/** What is wrong with a scope list, and the value that would be right where one can be told. */
+function scopeProblem(raw: string): string {
+  const fixed = raw.trim().split(/\s+/).join(" ");
+  if (fixed !== "" && SCOPE.test(fixed)) {
+    return `must be OAuth scopes separated by single spaces, got ${JSON.stringify(raw)}: set it to ${JSON.stringify(fixed)}`;
+  }
+  return `must be space-separated OAuth scopes (printable characters, no quotes needed), got ${JSON.stringify(raw)}`;
 }
 
 /** The `default` target from the `DATABRICKS_*` variables, then the named ones. */

@@ -7,8 +7,8 @@ import { diagnoseRefreshFailure, formatCheck } from "./diagnosis.js";
 import { fingerprint, type Logger } from "./log.js";
 import type { RefreshOutcome } from "./token-cache.js";
 
-/** Where the layer puts the CLI (SPEC §1 layer tree), for the diagnosis to point at. */
-export const DOCTOR_COMMAND = "node /opt/databricks-token-broker/cli.mjs doctor";
+/** The layer's bin/ command (SPEC §1 layer tree), for the diagnosis to point at: Lambda puts /opt/bin on the function's PATH. */
+export const DOCTOR_COMMAND = "databricks-token-broker doctor";
 
 /** Returns the token cache's `onRefresh`: logs every outcome, and diagnoses each new failure code of a target. */
 export function logRefreshes(log: Logger): (outcome: RefreshOutcome) => void {

@@ -4,6 +4,8 @@
  * user runs it. No output may carry a token, a JWT or a credential.
  */
 import { execFile } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { EnableOutboundWebIdentityFederationCommand, GetOutboundWebIdentityFederationInfoCommand, IAMClient } from "@aws-sdk/client-iam";
@@ -33,11 +35,12 @@ interface World {
 
 interface SetupJson {
   ok: boolean;
-  federation: { enabled: boolean; enabledNow: boolean; issuer: string | null; problem: { code: string; fix: string } | null };
+  federation: { enabled: boolean | null; enabledNow: boolean; issuer: string | null; problem: { code: string; fix: string } | null };
   role: { arn: string | null; source: string | null; note: string | null; problem: { code: string } | null };
   iamPolicy: { Statement: { Action: string; Condition: Record<string, Record<string, unknown>> }[] };
   commands: { enableFederation: string | null; putRolePolicy: string; findServicePrincipal: string | null; createFederationPolicy: string };
   environment: Record<string, string>;
+  unresolved: { placeholder: string; fix: string }[];
 }
 
 const closers: (() => Promise<void>)[] = [];
@@ -54,7 +57,16 @@ function expectNoSecrets(w: World, ...texts: string[]): void {
   }
 }
 
-async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: Partial<DatabricksOptions>; env?: Record<string, string | undefined> } = {}): Promise<World> {
+interface WorldOptions {
+  sts?: StsOptions;
+  iam?: Omit<IamOptions, "sts">;
+  db?: Partial<DatabricksOptions>;
+  env?: Record<string, string | undefined>;
+  /** The clients' credentials, or a provider; the test credentials by default. */
+  credentials?: typeof CREDENTIALS | (() => Promise<typeof CREDENTIALS>);
+}
+
+async function world(o: WorldOptions = {}): Promise<World> {
   const sts = await startSts({ region: "us-east-1", ...o.sts });
   const iam = await startIam({ sts, ...o.iam });
   const db = await startDatabricks({
@@ -64,8 +76,9 @@ async function world(o: { sts?: StsOptions; iam?: Omit<IamOptions, "sts">; db?: 
   });
   closers.push(() => sts.close(), () => iam.close(), () => db.close());
   const clients = (region: string) => {
-    const stsClient = new STSClient({ region, endpoint: sts.url, credentials: CREDENTIALS, maxAttempts: 1 });
-    return { iam: new IAMClient({ region, endpoint: iam.url, credentials: CREDENTIALS, maxAttempts: 1 }), sts: stsClient, getWebIdentityToken: webIdentityTokenPort(stsClient) };
+    const credentials = o.credentials ?? CREDENTIALS;
+    const stsClient = new STSClient({ region, endpoint: sts.url, credentials, maxAttempts: 1 });
+    return { iam: new IAMClient({ region, endpoint: iam.url, credentials, maxAttempts: 1 }), sts: stsClient, getWebIdentityToken: webIdentityTokenPort(stsClient) };
   };
   const baseEnv: Record<string, string | undefined> = {
     DATABRICKS_TOKEN_BROKER_ENABLED: "true",
@@ -181,7 +194,7 @@ describe("setup", () => {
     expect(before.text).toContain("✗ Outbound web identity federation: disabled");
     expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
 
-    const after = await w.setup(["--enable"]);
+    const after = await w.setup(["--enable", "--service-principal-id", "4711"]);
     expect(after.code).toBe(0);
     expect(after.report.federation).toEqual({ enabled: true, enabledNow: true, issuer: w.sts.issuer, problem: null });
     expect(w.sts.settings.enabled).toBe(true);
@@ -190,7 +203,7 @@ describe("setup", () => {
 
   it("--enable on an enabled account is not an error and calls nothing that changes it", async () => {
     const w = await world();
-    const { code, report } = await w.setup(["--enable"]);
+    const { code, report } = await w.setup(["--enable", "--service-principal-id", "4711"]);
     expect(code).toBe(0);
     expect(report.federation).toMatchObject({ enabled: true, enabledNow: false });
     expect(w.iam.calls.some((c) => c.action === ENABLE)).toBe(false);
@@ -200,7 +213,7 @@ describe("setup", () => {
     const w = await world();
     // Get says disabled once; by the time Enable arrives someone else switched it on.
     w.iam.addFault({ kind: "error", code: "FeatureDisabled", status: 404 });
-    const { code, report } = await w.run(["setup", "--json", "--enable"]).then((r) => ({ code: r.code, report: JSON.parse(r.out) as SetupJson }));
+    const { code, report } = await w.run(["setup", "--json", "--enable", "--service-principal-id", "4711"]).then((r) => ({ code: r.code, report: JSON.parse(r.out) as SetupJson }));
     expect(code).toBe(0);
     expect(report.federation).toMatchObject({ enabled: true, issuer: w.sts.issuer, problem: null });
     expect(w.iam.calls.map((c) => [c.action, c.error])).toEqual([
@@ -220,14 +233,15 @@ describe("setup", () => {
   });
 
   it.each([
-    ["read denied", { denied: [GET_INFO] }, false, "AccessDenied", /iam:GetOutboundWebIdentityFederationInfo/],
-    ["enable denied", { enabled: false, denied: [ENABLE] }, true, "AccessDenied", /iam:EnableOutboundWebIdentityFederation/],
-  ] as const)("IAM %s → ✗ with the permission to ask for", async (_name, iam, enable, code, fix) => {
+    // A state IAM would not tell is unknown (null), not off; one it told stays what it said.
+    ["read denied", { denied: [GET_INFO] }, false, null, "unknown, IAM could not be read: AccessDenied", /iam:GetOutboundWebIdentityFederationInfo/],
+    ["enable denied", { enabled: false, denied: [ENABLE] }, true, false, "disabled, and enabling it failed: AccessDenied", /iam:EnableOutboundWebIdentityFederation/],
+  ] as const)("IAM %s → ✗ with the permission to ask for", async (_name, iam, enable, enabled, says, fix) => {
     const w = await world({ iam: { ...iam, denied: [...iam.denied] } });
-    const { code: exit, report, text } = await w.setup(enable ? ["--enable"] : []);
+    const { code: exit, report, text } = await w.setup([...(enable ? ["--enable"] : []), "--service-principal-id", "4711"]);
     expect(exit).toBe(1);
-    expect(report.federation.problem).toMatchObject({ code, fix: expect.stringMatching(fix) });
-    expect(text).toMatch(/✗ Outbound web identity federation: AccessDenied/);
+    expect(report.federation).toMatchObject({ enabled, problem: { code: "AccessDenied", fix: expect.stringMatching(fix) } });
+    expect(text).toContain(`✗ Outbound web identity federation: ${says}`);
     expect(w.sts.settings.enabled).toBe(!enable);
   });
 
@@ -245,12 +259,15 @@ describe("setup", () => {
     expect(report.federation.problem).toMatchObject({ ...(code ? { code } : {}), fix: expect.stringMatching(fix) });
   });
 
-  it("IAM unreachable → ✗ could not be reached", async () => {
+  it("IAM unreachable → ✗ could not be reached; enabled is unknown (null), not false, in --json", async () => {
     const w = await world();
     await w.iam.refuseConnections();
-    const { code, report } = await w.setup();
+    const { code, report, text } = await w.setup(["--service-principal-id", "4711"]);
     expect(code).toBe(1);
-    expect(report.federation.problem?.fix).toMatch(/could not be reached/);
+    expect(report.federation).toMatchObject({ enabled: null, enabledNow: false, issuer: null, problem: { fix: expect.stringMatching(/could not be reached/) } });
+    expect(report.unresolved).toEqual([{ placeholder: "<ISSUER_URL>", fix: "read it with credentials that may call iam:GetOutboundWebIdentityFederationInfo, and run setup again" }]);
+    expect(text).toContain("✗ Outbound web identity federation: unknown, IAM could not be read: ");
+    expect(text).not.toContain("disabled");
   });
 
   it("--role-arn wins over the session; a role path survives into the subject and the --role-name", async () => {
@@ -269,13 +286,19 @@ describe("setup", () => {
     expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/fn", source: "session", note: expect.stringMatching(/path.*--role-arn/) });
   });
 
-  it("credentials of an IAM user → ✗ asks for --role-arn rather than guessing", async () => {
+  it("credentials of an IAM user → ✗ asks for --role-arn rather than guessing; --role-name gets a name placeholder, not the ARN's", async () => {
     const w = await world({ sts: { callerArn: "arn:aws:iam::123456789012:user/alice" } });
-    const { code, report, text } = await w.setup();
+    const { code, report, text } = await w.setup(["--service-principal-id", "4711"]);
     expect(code).toBe(1);
     expect(report.role).toMatchObject({ arn: null, note: expect.stringMatching(/user\/alice.*--role-arn/) });
     expect(report.commands.createFederationPolicy).toContain('"subject":"<ROLE_ARN>"');
+    expect(report.commands.putRolePolicy).toMatch(/^aws iam put-role-policy --role-name '<ROLE_NAME>' --policy-name databricks-token-broker /);
+    expect(report.unresolved.map((u) => [u.placeholder, u.fix])).toEqual([
+      ["<ROLE_ARN>", "pass the function's execution role with --role-arn"],
+      ["<ROLE_NAME>", "pass the function's execution role with --role-arn"],
+    ]);
     expect(text).toContain("✗ Execution role: unknown");
+    expect(text).not.toContain("ROLE_ARN>' ");
   });
 
   it("an IAM Identity Center session is never taken for the function's role", async () => {
@@ -291,6 +314,40 @@ describe("setup", () => {
     const { code, report } = await w.setup();
     expect(code).toBe(1);
     expect(report.role.problem).toMatchObject({ code: "ExpiredToken" });
+  });
+
+  it("a placeholder left in the output (<SERVICE_PRINCIPAL_ID>) → exit 1, naming it and how to supply it", async () => {
+    const w = await world();
+    const { code, report, text } = await w.setup();
+    expect(code).toBe(1);
+    expect(report.ok).toBe(false);
+    expect(report.federation.enabled).toBe(true);
+    const lookUp = `databricks account service-principals list --filter 'applicationId eq "${CLIENT_ID}"'`;
+    expect(report.unresolved).toEqual([{ placeholder: "<SERVICE_PRINCIPAL_ID>", fix: `pass the service principal's numeric ID with --service-principal-id; look it up with: ${lookUp}` }]);
+    expect(text).toContain(`✗ Not ready: these placeholders stand in the commands above; supply them and run setup again:\n   <SERVICE_PRINCIPAL_ID>: pass the service principal's numeric ID with --service-principal-id; look it up with: ${lookUp}\n`);
+  });
+
+  it("no DATABRICKS_HOST or DATABRICKS_CLIENT_ID → their placeholders are named too, and the exit is 1", async () => {
+    const w = await world({ env: { DATABRICKS_HOST: undefined, DATABRICKS_CLIENT_ID: undefined } });
+    const { code, report } = await w.setup(["--service-principal-id", "4711"]);
+    expect(code).toBe(1);
+    expect(report.unresolved.map((u) => u.placeholder)).toEqual(["<service principal application ID>", "https://<workspace-host>"]);
+    const full = await w.setup(["--service-principal-id", "4711", "--client-id", CLIENT_ID], { DATABRICKS_HOST: w.db.url });
+    expect(full.code).toBe(0);
+    expect(full.report.unresolved).toEqual([]);
+    expect(full.text).toContain("✓ Every value above is real");
+  });
+
+  it("numbers its steps as README's set-up section does, with the same titles", async () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const section = readme.slice(readme.indexOf("## Set up on AWS"), readme.indexOf("\n## ", readme.indexOf("## Set up on AWS") + 1));
+    const steps = [...section.matchAll(/^\*\*(\d)\. ([^*]+?)\.?\*\*/gm)].map((m) => [m[1]!, m[2]!] as const);
+    expect(steps.map(([n]) => n)).toEqual(["1", "2", "3", "4", "5"]);
+    const w = await world();
+    const { text } = await w.setup(["--service-principal-id", "4711"]);
+    const printed = text.split("\n").filter((l) => /^\d\. /.test(l));
+    expect(printed).toHaveLength(steps.length);
+    steps.forEach(([n, title], i) => expect(printed[i]).toMatch(new RegExp(`^${n}\\. ${title.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\b`)));
   });
 
   it("prints how to find the numeric service principal ID from DATABRICKS_CLIENT_ID", async () => {
@@ -435,6 +492,81 @@ describe("doctor", () => {
       expect(d.code).toBe(0);
       expect(d.checks.find((c) => c.step === "configuration" && c.status === "warn")).toMatchObject({ fix: "set DATABRICKS_TOKEN_BROKER_ENABLED=true on the function" });
       expect(d.text).toContain("! configuration: DATABRICKS_TOKEN_BROKER_ENABLED is not set");
+    });
+  });
+
+  describe("the AWS profile's region and the credentials (issue 14, item 4)", () => {
+    /** A home directory whose ~/.aws/config holds `config`; removed after the test. */
+    const home = (config: string): string => {
+      const dir = mkdtempSync(join(tmpdir(), "cli-home-"));
+      mkdirSync(join(dir, ".aws"));
+      writeFileSync(join(dir, ".aws", "config"), config);
+      closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+      return dir;
+    };
+    const NO_REGION = { AWS_REGION: undefined, AWS_DEFAULT_REGION: undefined };
+
+    it("AWS_PROFILE's region in ~/.aws/config is the region: the chain runs there", async () => {
+      const w = await world({ sts: { region: "eu-west-1" } });
+      const dir = home("[default]\nregion = ap-south-1\n\n[profile dev]\n# the laptop's profile\nregion = eu-west-1\n");
+      const d = await w.doctor({ ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.ok, d.text).toBe(true);
+      expect(step(d.checks, "configuration").detail).toContain(`region eu-west-1 (from profile dev in ${join(dir, ".aws", "config")})`);
+    });
+
+    it("without AWS_PROFILE the default profile's; AWS_CONFIG_FILE names another file; AWS_REGION and AWS_DEFAULT_REGION come first", async () => {
+      const w = await world();
+      const dir = home("[default]\nregion = us-east-1\n[profile dev]\nregion = eu-west-1\n");
+      expect((await w.doctor({ ...NO_REGION, HOME: dir })).checks[0]!.detail).toContain(`region us-east-1 (from profile default in ${join(dir, ".aws", "config")})`);
+      const other = join(dir, "other-config");
+      writeFileSync(other, "[profile ci]\nregion = us-east-1\n");
+      expect((await w.doctor({ ...NO_REGION, HOME: dir, AWS_CONFIG_FILE: other, AWS_PROFILE: "ci" })).checks[0]!.detail).toContain(`region us-east-1 (from profile ci in ${other})`);
+      expect((await w.doctor({ ...NO_REGION, AWS_DEFAULT_REGION: "us-east-1", HOME: dir, AWS_PROFILE: "dev" })).checks[0]!.detail).toMatch(/region us-east-1 \(from AWS_DEFAULT_REGION\)$/);
+      const d = await w.doctor({ AWS_REGION: "us-east-1", AWS_DEFAULT_REGION: "eu-west-1", HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.checks[0]!.detail).toMatch(/region us-east-1$/);
+      expect(d.ok, d.text).toBe(true);
+    });
+
+    it("setup takes the profile's region too (the STS stand-in refuses a request signed for another)", async () => {
+      const w = await world({ sts: { region: "eu-west-1" } });
+      const dir = home("[profile dev]\nregion = eu-west-1\n");
+      const { report } = await w.setup(["--service-principal-id", "4711"], { ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(report.role).toMatchObject({ arn: "arn:aws:iam::123456789012:role/broker-test", problem: null });
+      // Without the profile, us-east-1: the stand-in refuses the signature's region.
+      const { report: without } = await w.setup(["--service-principal-id", "4711"], { ...NO_REGION, HOME: dir });
+      expect(without.role.arn).toBeNull();
+    });
+
+    it("no region anywhere → ✗ configuration saying where it looked and how to set one", async () => {
+      const w = await world();
+      const dir = home("[profile dev]\noutput = json\n");
+      const d = await w.doctor({ ...NO_REGION, HOME: dir, AWS_PROFILE: "dev" });
+      expect(d.code).toBe(1);
+      expect(step(d.checks, "configuration")).toMatchObject({
+        status: "fail",
+        detail: expect.stringContaining("AWS_REGION: is required"),
+        fix: expect.stringContaining(`; AWS_REGION: no region found (looked in AWS_REGION, AWS_DEFAULT_REGION and profile dev (AWS_PROFILE) in ${join(dir, ".aws", "config")}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`),
+      });
+      expect(w.sts.calls).toHaveLength(0);
+    });
+
+    it.each([
+      ["an SSO token that cannot be refreshed", Object.assign(new Error('SSO Token refresh failed. Please log in using "aws sso login"'), { name: "TokenProviderError", tryNextLink: false })],
+      // As in Lambda before the launcher set HOME: the chain's file lookup threw (commit 94a7e69).
+      ["no home directory to read ~/.aws from", Object.assign(new Error('SSO Token refresh failed. Please log in using "aws sso login"'), { name: "SystemError", code: "ERR_SYSTEM_ERROR" })],
+    ])("a credential provider failing (%s) → ✗ sts: no credentials, STS not called, and where the SDK looked", async (_name, failure) => {
+      const w = await world({ credentials: async () => Promise.reject(failure) });
+      const d = await w.doctor({ AWS_PROFILE: "sso-dev", HOME: "/home/someone", AWS_CONFIG_FILE: undefined, AWS_SHARED_CREDENTIALS_FILE: undefined });
+      expect(d.code).toBe(1);
+      expect(step(d.checks, "federation")).toMatchObject({ status: "skip", detail: expect.stringContaining("no AWS credentials were found") });
+      const sts = step(d.checks, "sts");
+      expect(sts.detail).toBe('no AWS credentials were found, so STS was not called (SSO Token refresh failed. Please log in using "aws sso login")');
+      expect(sts.detail).not.toMatch(/STS answer could not be used/);
+      expect(sts.fix).toBe(
+        "the AWS SDK looked in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), profile sso-dev (AWS_PROFILE) in /home/someone/.aws/credentials and /home/someone/.aws/config (keys, SSO, role_arn, credential_process), a web identity token file (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), EC2 instance metadata: give one of them the execution role's credentials (a profile with role_arn, aws sso login for an SSO profile, or run inside the function)",
+      );
+      expect(w.sts.calls).toHaveLength(0);
+      expect(w.iam.calls).toHaveLength(0);
     });
   });
 
@@ -752,7 +884,7 @@ describe("the built command", () => {
     const doctor = await spawnCli(["doctor", "--json"], env);
     expect(doctor.code, doctor.stderr).toBe(0);
     expect((JSON.parse(doctor.stdout) as { ok: boolean }).ok).toBe(true);
-    const setup = await spawnCli(["setup", "--json"], env);
+    const setup = await spawnCli(["setup", "--json", "--service-principal-id", "4711"], env);
     expect(setup.code, setup.stderr).toBe(0);
     expect((JSON.parse(setup.stdout) as SetupJson).federation.issuer).toBe(w.sts.issuer);
 
@@ -764,5 +896,32 @@ describe("the built command", () => {
 
     const usage = await spawnCli(["--nope"], env);
     expect(usage.code).toBe(2);
+  });
+
+  it("with no credentials anywhere and the region only in ~/.aws/config: ✗ sts says no credentials were found and where, and STS is never called", async () => {
+    const w = await world({ sts: { region: "eu-west-1" } });
+    const dir = mkdtempSync(join(tmpdir(), "cli-home-"));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    mkdirSync(join(dir, ".aws"));
+    writeFileSync(join(dir, ".aws", "config"), "[default]\nregion = eu-west-1\n");
+    const env = {
+      PATH: process.env.PATH,
+      HOME: dir,
+      ...w.env,
+      AWS_REGION: undefined,
+      AWS_ENDPOINT_URL_STS: w.sts.url,
+      AWS_ENDPOINT_URL_IAM: w.iam.url,
+      // The chain's last link would ask 169.254.169.254; nothing here may leave the machine.
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const r = await spawnCli(["doctor", "--json"], env);
+    expect(r.code, r.stderr).toBe(1);
+    const checks = (JSON.parse(r.stdout) as { checks: Check[] }).checks;
+    expect(step(checks, "configuration").detail).toContain(`region eu-west-1 (from profile default in ${join(dir, ".aws", "config")})`);
+    const sts = step(checks, "sts");
+    expect(sts.detail).toMatch(/^no AWS credentials were found, so STS was not called \(Could not load credentials from any providers\)$/);
+    expect(sts.fix).toContain(`profile default in ${join(dir, ".aws", "credentials")} and ${join(dir, ".aws", "config")}`);
+    expect(sts.fix).toContain("EC2 instance metadata");
+    expect(w.sts.calls).toHaveLength(0);
   });
 });

@@ -42,6 +42,8 @@ const cases: Case[] = [
   { names: `${P}REFRESH_AHEAD_SECONDS`, env: { [`${P}REFRESH_AHEAD_SECONDS`]: "10" } },
   { names: `${P}MIN_TTL_SECONDS`, env: { [`${P}MIN_TTL_SECONDS`]: "1.5" } },
   { names: `${P}MIN_TTL_SECONDS`, env: { [`${P}MIN_TTL_SECONDS`]: "86401" } },
+  // Above the default refresh window: the variable the user set is the one named (issue 14, item 6).
+  { names: `${P}MIN_TTL_SECONDS`, env: { [`${P}MIN_TTL_SECONDS`]: "700" } },
   { names: `${P}WAIT_SECONDS`, env: { [`${P}WAIT_SECONDS`]: "0" } },
   { names: `${P}WAIT_SECONDS`, env: { [`${P}WAIT_SECONDS`]: "901" } },
   { names: `${P}WAIT_SECONDS`, env: { [`${P}WAIT_SECONDS`]: "ten" } },

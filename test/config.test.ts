@@ -74,13 +74,13 @@ describe("parseConfig", () => {
   it.each([
     [{ DATABRICKS_HOST: undefined }, /DATABRICKS_HOST: is required/],
     [{ DATABRICKS_HOST: "http://dbc-1.cloud.databricks.com" }, /DATABRICKS_HOST: must use https/],
-    [{ DATABRICKS_HOST: "https://dbc-1.cloud.databricks.com/some/path" }, /DATABRICKS_HOST: must be a bare URL/],
+    [{ DATABRICKS_HOST: "https://dbc-1.cloud.databricks.com/some/path" }, /DATABRICKS_HOST: must be the host's bare URL/],
     [{ DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: "HS256" }, /DATABRICKS_TOKEN_BROKER_SIGNING_ALGORITHM: must be one of RS256, ES384/],
     [{ DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "59" }, /DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: must be from 60 to 3600/],
     [{ DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "5m" }, /DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: must be a whole number/],
     [{ DATABRICKS_TOKEN_BROKER_PORT: "70000" }, /DATABRICKS_TOKEN_BROKER_PORT: must be from 1 to 65535/],
     [{ DATABRICKS_TOKEN_BROKER_PORT: "9001" }, /DATABRICKS_TOKEN_BROKER_PORT: 9001 is Lambda's Runtime API port/],
-    [{ DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "60" }, /DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: must not be below DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS/],
+    [{ DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "60" }, /DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: must not be below DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS \(120, its default\), got 60/],
     [{ DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "-1" }, /DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: must be a whole number/],
     [{ DATABRICKS_TOKEN_BROKER_WAIT_SECONDS: "0" }, /DATABRICKS_TOKEN_BROKER_WAIT_SECONDS: must be a number of seconds above 0/],
     [{ DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: "http://10.0.0.5/oidc/v1/token" }, /DATABRICKS_TOKEN_BROKER_TOKEN_ENDPOINT: must use https/],
@@ -117,6 +117,48 @@ describe("parseConfig", () => {
     expect(enabled({ ...base, AWS_LAMBDA_INITIALIZATION_TYPE: "snap-start" }).initializationType).toBe("snap-start");
     expect(enabled({ ...base, AWS_LAMBDA_INITIALIZATION_TYPE: "lambda-managed-instances" }).initializationType).toBe("lambda-managed-instances");
     expect(enabled({ ...base, AWS_LAMBDA_INITIALIZATION_TYPE: "something-new" }).initializationType).toBe("on-demand");
+  });
+});
+
+describe("messages that say what to change (issue 14, item 6)", () => {
+  it.each([
+    ["https://adb-1234567890123456.7.azuredatabricks.net/?o=1234567890123456", 'remove the query "?o=1234567890123456"; the value to set is https://adb-1234567890123456.7.azuredatabricks.net '],
+    ["https://dbc-1.cloud.databricks.com/browse/folders/42", 'remove the path "/browse/folders/42"; the value to set is https://dbc-1.cloud.databricks.com '],
+    ["https://dbc-1.cloud.databricks.com/sql/editor?o=5#tab", 'remove the path "/sql/editor" and the query "?o=5" and the fragment "#tab"; the value to set is https://dbc-1.cloud.databricks.com '],
+    // The corrected value must pass the https rule as well.
+    ["http://dbc-1.cloud.databricks.com/x", 'remove the path "/x"; the value to set is https://dbc-1.cloud.databricks.com '],
+  ])("a DATABRICKS_HOST copied from the browser (%s) names what to remove and the value to set", (host, says) => {
+    const m = problem({ ...base, DATABRICKS_HOST: host });
+    expect(m).toContain(`DATABRICKS_HOST: must be the host's bare URL, without a path, query or fragment: ${says}(got ${JSON.stringify(host)})`);
+  });
+
+  it("a named target's host gets the same advice, under its own name", () => {
+    const m = problem({ ...base, DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ t: { host: "https://dbc-2.cloud.databricks.com/?o=2" } }) });
+    expect(m).toContain('DATABRICKS_TOKEN_BROKER_TARGETS.t.host: must be the host\'s bare URL, without a path, query or fragment: remove the query "?o=2"; the value to set is https://dbc-2.cloud.databricks.com ');
+  });
+
+  it("a scope with two spaces is reported once, with the value to set", () => {
+    const m = problem({ ...base, DATABRICKS_TOKEN_BROKER_SCOPE: "all-apis  sql" });
+    expect(m).toBe('invalid configuration: DATABRICKS_TOKEN_BROKER_SCOPE: must be OAuth scopes separated by single spaces, got "all-apis  sql": set it to "all-apis sql"');
+    // A named target without a scope of its own inherits the bad one: still one problem.
+    const withTarget = problem({ ...base, DATABRICKS_TOKEN_BROKER_SCOPE: "all-apis  sql", DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ t: { host: "https://dbc-2.cloud.databricks.com" } }) });
+    expect(withTarget.match(/SCOPE/g)).toHaveLength(1);
+    const own = problem({ ...base, DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ t: { host: "https://dbc-2.cloud.databricks.com", scope: "sql\tall-apis" } }) });
+    expect(own).toBe('invalid configuration: DATABRICKS_TOKEN_BROKER_TARGETS.t.scope: must be OAuth scopes separated by single spaces, got "sql\\tall-apis": set it to "sql all-apis"');
+  });
+
+  it("MIN_TTL_SECONDS above the default refresh window names MIN_TTL_SECONDS, the variable set, and the rule", () => {
+    const m = problem({ ...base, DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "700" });
+    expect(m).toBe(
+      "invalid configuration: DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: must not be above DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS (600, its default), got 700: a token would become unservable before its background refresh starts; lower it to 600 or less, or set DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS to 700 or more",
+    );
+  });
+
+  it("with both set, REFRESH_AHEAD_SECONDS below MIN_TTL_SECONDS is one problem naming both values", () => {
+    const m = problem({ ...base, DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS: "300", DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: "200" });
+    expect(m).toBe(
+      "invalid configuration: DATABRICKS_TOKEN_BROKER_REFRESH_AHEAD_SECONDS: must not be below DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS (300), got 200: a token would become unservable before its background refresh starts; set it to 300 or more, or lower DATABRICKS_TOKEN_BROKER_MIN_TTL_SECONDS",
+    );
   });
 });
 

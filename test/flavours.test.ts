@@ -67,10 +67,16 @@ const EXEC_LINE = 'exec "$node" "$bundle/index.cjs"';
 /**
  * A copy of the unpacked layer's launcher whose exec runs the node it picked under qemu: the
  * host cannot exec an aarch64 binary without binfmt_misc. Everything else (the node it picks,
- * the NODE_* variables it unsets, HOME) is the real launcher's. Written beside `extensions/`
+ * the NODE_* variables it unsets, HOME) is the real launcher's, with the architecture marker
+ * pointed at the sysroot's interpreter. Written beside `extensions/`
  * under the extension's name, so its `..` is the layer root and Lambda's name is unchanged.
  */
 async function qemuLauncher(dir: string, expect: ExpectStatic): Promise<string> {
+  // The launcher refuses the flavour where its ELF interpreter is missing, as on an x86_64 Lambda
+  // (test/layer.test.ts); under qemu -L the interpreter is the sysroot's.
+  const marker = join(dir, "databricks-token-broker", "node", "arch");
+  expect(await readFile(marker, "utf8")).toBe("arm64 aarch64 /lib/ld-linux-aarch64.so.1\n");
+  await writeFile(marker, `arm64 aarch64 ${SYSROOT}/lib/ld-linux-aarch64.so.1\n`);
   const real = await readFile(join(dir, "extensions", "databricks-token-broker"), "utf8");
   const lines = real.trimEnd().split("\n");
   expect(lines.at(-1), "the launcher's last line is the exec this test replaces").toBe(EXEC_LINE);

@@ -81,6 +81,14 @@ describe("template.yaml", () => {
     expect((plain?.CompatibleRuntimes as string[]).every((r) => r.startsWith("nodejs"))).toBe(true);
   });
 
+  it("offers the plain layer to nodejs24.x and nodejs22.x first, and still to nodejs20.x (issue 14, item 7)", () => {
+    const plain = ofType("AWS::Serverless::LayerVersion").find(([, r]) => r.Properties.ContentUri === "dist/layer.zip")?.[1].Properties;
+    expect(plain?.CompatibleRuntimes).toEqual(["nodejs24.x", "nodejs22.x", "nodejs20.x"]);
+    // The example runs on a runtime Lambda has not deprecated.
+    const node = ofType("AWS::Serverless::Function").map(([, r]) => String(r.Properties.Runtime)).filter((r) => r.startsWith("nodejs"));
+    for (const runtime of node) expect(["nodejs22.x", "nodejs24.x"]).toContain(runtime);
+  });
+
   it("outputs every layer's ARN", () => {
     const outputs = Object.values(template.Outputs as Record<string, { Value: unknown }>).map((o) => o.Value);
     for (const [name] of ofType("AWS::Serverless::LayerVersion")) expect(outputs).toContainEqual({ Ref: name });

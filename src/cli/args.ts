@@ -41,7 +41,7 @@ doctor reads the same variables as the extension (DATABRICKS_HOST, DATABRICKS_CL
 DATABRICKS_TOKEN_BROKER_*, AWS_*), and warns when the SDKs' DATABRICKS_METADATA_SERVICE_URL
 and DATABRICKS_AUTH_TYPE would not reach the broker. Neither command ever prints a token.
 Exit status: 0 when every step passed, 1 when one failed, 2 for a usage error.
-In a Lambda layer: node /opt/databricks-token-broker/cli.mjs doctor
+In a Lambda function with the layer: databricks-token-broker doctor (/opt/bin, on PATH)
 `;
 
 export type Command = "setup" | "doctor" | "help";

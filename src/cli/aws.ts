@@ -8,6 +8,9 @@ import {
   IAMClient,
 } from "@aws-sdk/client-iam";
 import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { loadSharedConfigFiles } from "@smithy/core/config";
 import type { GetWebIdentityToken } from "../sts.js";
 
 /** The part of `IAMClient` the CLI uses. */
@@ -16,9 +19,11 @@ export interface IamLike {
   send(command: EnableOutboundWebIdentityFederationCommand): Promise<{ IssuerIdentifier?: string | undefined }>;
 }
 
-/** The part of `STSClient` the CLI uses itself: who the caller is. */
+/** The part of `STSClient` the CLI uses itself: who the caller is, and its credentials. */
 export interface StsCliLike {
   send(command: GetCallerIdentityCommand): Promise<{ Arn?: string | undefined; Account?: string | undefined }>;
+  /** The SDK client's resolved configuration, whose credential provider the doctor asks first. */
+  readonly config?: { readonly credentials?: unknown };
 }
 
 export interface AwsClients {
@@ -37,6 +42,89 @@ const IAM_TIMEOUT_MS = 10_000;
  */
 export function createIamClient(region: string): IAMClient {
   return new IAMClient({ region, maxAttempts: 2, requestHandler: { requestTimeout: IAM_TIMEOUT_MS } });
+}
+
+/** Where a region came from, as the CLI reports it. */
+export interface ResolvedRegion {
+  readonly region: string;
+  /** `AWS_REGION`, `AWS_DEFAULT_REGION`, or `profile NAME in PATH`. */
+  readonly source: string;
+}
+
+/** The shared files the AWS CLI and SDKs read, as `env` names them (each SDK's own defaults). */
+export function sharedFiles(env: NodeJS.ProcessEnv): { profile: string; configFile: string; credentialsFile: string } {
+  const home = env.HOME?.trim() || env.USERPROFILE?.trim() || homeOfUser();
+  return {
+    profile: env.AWS_PROFILE?.trim() || "default",
+    configFile: env.AWS_CONFIG_FILE?.trim() || join(home, ".aws", "config"),
+    credentialsFile: env.AWS_SHARED_CREDENTIALS_FILE?.trim() || join(home, ".aws", "credentials"),
+  };
+}
+
+/** The user's home from the password database; "~" where there is none (a sandbox user without HOME). */
+function homeOfUser(): string {
+  try {
+    return homedir();
+  } catch {
+    return "~";
+  }
+}
+
+/**
+ * The region as the AWS CLI finds it: `AWS_REGION`, `AWS_DEFAULT_REGION`, then `region` in the
+ * profile's section of the config file (`AWS_PROFILE`, else `default`; `AWS_CONFIG_FILE`, else
+ * ~/.aws/config). The files are read with the SDK's own parser, from the paths `env` names, so
+ * `[profile NAME]` sections and comments mean what they mean to the SDK. Undefined when none
+ * of these holds one; a file that cannot be read counts as holding none.
+ */
+export async function resolveRegion(env: NodeJS.ProcessEnv): Promise<ResolvedRegion | undefined> {
+  for (const name of ["AWS_REGION", "AWS_DEFAULT_REGION"] as const) {
+    const region = env[name]?.trim();
+    if (region) return { region, source: name };
+  }
+  const { profile, configFile, credentialsFile } = sharedFiles(env);
+  const files = await loadSharedConfigFiles({ configFilepath: configFile, filepath: credentialsFile, ignoreCache: true }).catch(() => undefined);
+  const region = files?.configFile[profile]?.region?.trim();
+  return region ? { region, source: `profile ${profile} in ${configFile}` } : undefined;
+}
+
+/** Where the AWS SDK's default chain looked for credentials, in its order, with this `env`'s paths. */
+export function credentialSources(env: NodeJS.ProcessEnv): string {
+  const { profile, configFile, credentialsFile } = sharedFiles(env);
+  return [
+    "the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    `profile ${profile}${env.AWS_PROFILE?.trim() ? " (AWS_PROFILE)" : ""} in ${credentialsFile} and ${configFile} (keys, SSO, role_arn, credential_process)`,
+    "a web identity token file (AWS_WEB_IDENTITY_TOKEN_FILE)",
+    "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI)",
+    "EC2 instance metadata",
+  ].join(", ");
+}
+
+/**
+ * Resolves the STS client's credentials (the SDK's default chain, or what the client was given)
+ * before any call; the chain's error when it finds none, undefined when it finds some or the
+ * client does not say. The SDK memoizes the result, so the calls that follow reuse it.
+ */
+export async function missingCredentials(sts: StsCliLike): Promise<unknown> {
+  const provider = sts.config?.credentials;
+  if (typeof provider !== "function") return undefined;
+  try {
+    await (provider as () => Promise<unknown>)();
+    return undefined;
+  } catch (err) {
+    return err ?? new Error("the credential provider failed");
+  }
+}
+
+/**
+ * True for a failure to find credentials, before any request was sent. The SDK's credential
+ * providers throw ProviderError and its subclasses, which carry `tryNextLink` (whether the
+ * chain may go on); the chain's last word is "Could not load credentials from any providers".
+ */
+export function isCredentialsFailure(err: unknown): boolean {
+  const e = err as { name?: unknown; tryNextLink?: unknown; message?: unknown } | null;
+  if (e === null || typeof e !== "object") return false;
+  return typeof e.tryNextLink === "boolean" || (typeof e.name === "string" && /ProviderError$/.test(e.name)) || (typeof e.message === "string" && /Could not load credentials/i.test(e.message));
 }
 
 /** An AWS SDK error as the CLI reports it: the code, what happened, and what to do. */
@@ -59,7 +147,7 @@ export function describeAwsError(err: unknown, action: string): AwsProblem {
   if (code === "AccessDenied") {
     return { code, message, fix: `the current AWS credentials may not call ${action}; run this with credentials that may (an account administrator for IAM actions)` };
   }
-  if (code === "CredentialsProviderError" || /Could not load credentials/i.test(message)) {
+  if (isCredentialsFailure(err)) {
     return { code: "NoCredentials", message, fix: "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)" };
   }
   // Before the credentials: STS says "SignatureDoesNotMatch" for a clock far off too.

@@ -11,7 +11,7 @@ import { createExchange, type AccessToken, type Exchange, type FetchLike } from 
 import { fingerprint, redact, silentLogger } from "../log.js";
 import { createStsSource, type StsJwt, type StsSource } from "../sts.js";
 import type { DoctorArgs } from "./args.js";
-import { type AwsClients, describeAwsError, getFederationState } from "./aws.js";
+import { type AwsClients, credentialSources, describeAwsError, getFederationState, isCredentialsFailure, missingCredentials, type ResolvedRegion, resolveRegion, sharedFiles } from "./aws.js";
 import { claimChecks, expectedSubject } from "./doctor-claims.js";
 import { executionRolePolicy } from "./policies.js";
 
@@ -64,14 +64,23 @@ class Checklist {
 export async function runDoctor(args: DoctorArgs & { region?: string | undefined }, deps: DoctorDeps): Promise<DoctorReport> {
   const now = deps.now ?? Date.now;
   const list = new Checklist();
-  const env: NodeJS.ProcessEnv = { ...deps.env, ...(args.region !== undefined ? { AWS_REGION: args.region } : {}) };
+  // On a laptop the region is often only in the profile: found as the AWS CLI finds it.
+  const region = args.region !== undefined ? { region: args.region, source: "--region" } : await resolveRegion(deps.env);
+  const env: NodeJS.ProcessEnv = { ...deps.env, ...(region ? { AWS_REGION: region.region } : {}) };
 
-  const config = configStep(list, env);
+  const config = configStep(list, env, region);
   if (!config) return list.stopAt("federation");
   const clients = deps.clients(config.region);
+  // Without credentials nothing below can be asked: say so once, and where the SDK looked.
+  const noCredentials = await missingCredentials(clients.sts);
+  if (noCredentials !== undefined) {
+    list.add({ step: "federation", status: "skip", detail: "not read: no AWS credentials were found (the sts step below says where the AWS SDK looked)" });
+    list.add(noCredentialsCheck(noCredentials, env));
+    return list.stopAt("claims.iss");
+  }
   const issuer = await federationStep(list, clients.iam);
   const getJwt = stsSourceFor(config, clients, now);
-  const first = await stsStep(list, getJwt, config, now);
+  const first = await stsStep(list, getJwt, { config, now, env });
   if (!first) return list.stopAt("claims.iss");
   const claims = decodeJwtClaims(first.jwt);
   if (!claims) {
@@ -84,15 +93,24 @@ export async function runDoctor(args: DoctorArgs & { region?: string | undefined
   return list.report();
 }
 
-function describeConfig(config: Config): string {
+function describeConfig(config: Config, region: ResolvedRegion | undefined): string {
   const targets = [...config.targets.values()].map(
     (t) => `${t.name} → ${t.tokenEndpoint} (${t.clientId !== undefined ? `client_id ${t.clientId}` : "no client_id: account-wide policy"}, scope ${t.scope})`,
   );
-  return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}`;
+  const from = region && region.source !== "AWS_REGION" ? ` (from ${region.source})` : "";
+  return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}${from}`;
+}
+
+/** The fix for a configuration the broker refuses; for a missing region, where the doctor looked. */
+function configFix(err: BrokerError, env: NodeJS.ProcessEnv, region: ResolvedRegion | undefined): string | undefined {
+  if (region !== undefined || !/(^|; |: )AWS_REGION: /.test(err.message)) return err.hint;
+  const { profile, configFile } = sharedFiles(env);
+  const where = `looked in AWS_REGION, AWS_DEFAULT_REGION and profile ${profile}${env.AWS_PROFILE?.trim() ? " (AWS_PROFILE)" : ""} in ${configFile}`;
+  return `${err.hint ? `${err.hint}; ` : ""}AWS_REGION: no region found (${where}): set AWS_REGION to the function's region, pass --region, or add region = <the function's region> to that profile`;
 }
 
 /** The `configuration` step: the configuration, or undefined once the step's failure is in `list`. */
-function configStep(list: Checklist, env: NodeJS.ProcessEnv): Config | undefined {
+function configStep(list: Checklist, env: NodeJS.ProcessEnv, region: ResolvedRegion | undefined): Config | undefined {
   let config: Config;
   let warnings: readonly ConfigWarning[];
   try {
@@ -103,10 +121,11 @@ function configStep(list: Checklist, env: NodeJS.ProcessEnv): Config | undefined
     warnings = parsed.warnings;
   } catch (err) {
     if (!isBrokerError(err)) throw err;
-    list.add({ step: "configuration", status: "fail", detail: err.message, ...(err.hint ? { fix: err.hint } : {}) });
+    const fix = configFix(err, env, region);
+    list.add({ step: "configuration", status: "fail", detail: err.message, ...(fix ? { fix } : {}) });
     return undefined;
   }
-  list.add({ step: "configuration", status: "pass", detail: describeConfig(config) });
+  list.add({ step: "configuration", status: "pass", detail: describeConfig(config, region) });
   if (!parseConfig(env).enabled) {
     list.add({
       step: "configuration",
@@ -135,6 +154,10 @@ async function federationStep(list: Checklist, iam: AwsClients["iam"]): Promise<
       fix: "databricks-token-broker setup --enable (as an account administrator), or aws iam enable-outbound-web-identity-federation",
     });
   } catch (err) {
+    if (isCredentialsFailure(err)) {
+      list.add({ step: "federation", status: "skip", detail: "not read: no AWS credentials were found (the sts step below says where the AWS SDK looked)" });
+      return undefined;
+    }
     const p = describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo");
     // Execution roles rarely may read IAM, so a denial here is expected, not a fault.
     list.add({
@@ -145,6 +168,17 @@ async function federationStep(list: Checklist, iam: AwsClients["iam"]): Promise<
     });
   }
   return undefined;
+}
+
+/** Nothing reached STS: said so, with where the SDK's chain looked, rather than what STS "answered". */
+function noCredentialsCheck(err: unknown, env: NodeJS.ProcessEnv): Check {
+  const message = err instanceof Error ? err.message : String(err);
+  return {
+    step: "sts",
+    status: "fail",
+    detail: `no AWS credentials were found, so STS was not called (${message})`,
+    fix: `the AWS SDK looked in ${credentialSources(env)}: give one of them the execution role's credentials (a profile with role_arn, aws sso login for an SSO profile, or run inside the function)`,
+  };
 }
 
 /** The JWTs as the broker gets them, without its logging. */
@@ -160,13 +194,17 @@ function stsSourceFor(config: Config, clients: AwsClients, now: () => number): S
 }
 
 /** The `sts` step: the first JWT, or undefined once the step's failure is in `list`. */
-async function stsStep(list: Checklist, getJwt: StsSource, config: Config, now: () => number): Promise<StsJwt | undefined> {
+async function stsStep(list: Checklist, getJwt: StsSource, { config, now, env }: { config: Config; now: () => number; env: NodeJS.ProcessEnv }): Promise<StsJwt | undefined> {
   let first: StsJwt;
   try {
     first = await getJwt();
   } catch (err) {
     // The source rejects with BrokerErrors only.
     const e = err as BrokerError;
+    if (isCredentialsFailure(e.cause)) {
+      list.add(noCredentialsCheck(e.cause, env));
+      return undefined;
+    }
     const check = failedCheck(e);
     const credentials = describeAwsError(e.cause ?? err, "sts:GetWebIdentityToken");
     if (e.code === "ERR_STS_ACCESS_DENIED") {

@@ -46,8 +46,13 @@ export function roleNameOf(roleArn: string): string {
 /** Name of the inline policy `setup` suggests; fixed, so running the command again replaces it. */
 export const ROLE_POLICY_NAME = "databricks-token-broker";
 
-export function putRolePolicyCommand(roleArn: string, policy: object): string {
-  return ["aws iam put-role-policy", "--role-name", shellQuote(roleNameOf(roleArn)), "--policy-name", ROLE_POLICY_NAME, "--policy-document", shellQuote(JSON.stringify(policy))].join(" ");
+/** Placeholder for the role's name when the role is not known: `--role-name` takes a name, not an ARN. */
+export const ROLE_NAME_PLACEHOLDER = "<ROLE_NAME>";
+
+/** The command that attaches `policy` to the role; `roleArn` undefined leaves the name as a placeholder. */
+export function putRolePolicyCommand(roleArn: string | undefined, policy: object): string {
+  const roleName = roleArn === undefined ? ROLE_NAME_PLACEHOLDER : roleNameOf(roleArn);
+  return ["aws iam put-role-policy", "--role-name", shellQuote(roleName), "--policy-name", ROLE_POLICY_NAME, "--policy-document", shellQuote(JSON.stringify(policy))].join(" ");
 }
 
 /** Placeholder for the service principal's numeric ID when `--service-principal-id` is not given. */

@@ -6,18 +6,25 @@ import { DEFAULTS, METADATA_AUTH_TYPE, STS_DURATION_RANGE } from "../config.js";
 import type { SetupArgs } from "./args.js";
 import { UsageError } from "./args.js";
 import { type AwsClients, type AwsProblem, callerArn, describeAwsError, enableFederation, type FederationState, getFederationState, type IamLike, roleFromCaller, type StsCliLike } from "./aws.js";
-import { executionRolePolicy, federationPolicyCommand, findServicePrincipalCommand, putRolePolicyCommand } from "./policies.js";
+import { executionRolePolicy, federationPolicyCommand, findServicePrincipalCommand, putRolePolicyCommand, ROLE_NAME_PLACEHOLDER, SERVICE_PRINCIPAL_PLACEHOLDER } from "./policies.js";
 
 export interface SetupDeps {
   clients: AwsClients;
   env: NodeJS.ProcessEnv;
 }
 
+/** A value the printed commands or variables still hold as a placeholder, and how to supply it. */
+export interface Unresolved {
+  readonly placeholder: string;
+  readonly fix: string;
+}
+
 export interface SetupReport {
-  /** True when federation is on and the role is known, so every printed value is real. */
+  /** True when federation is on and no placeholder is left, so every printed value is real. */
   readonly ok: boolean;
   readonly federation: {
-    readonly enabled: boolean;
+    /** Null when IAM could not be read: unknown, not off (`problem` says why). */
+    readonly enabled: boolean | null;
     /** This run switched it on. */
     readonly enabledNow: boolean;
     readonly issuer: string | null;
@@ -44,10 +51,15 @@ export interface SetupReport {
   };
   /** Function environment variables that follow from these settings. */
   readonly environment: Readonly<Record<string, string>>;
+  /** The placeholders left in the commands and variables above; empty when `ok`. */
+  readonly unresolved: readonly Unresolved[];
 }
 
 const ISSUER_PLACEHOLDER = "<ISSUER_URL>";
 const ROLE_PLACEHOLDER = "<ROLE_ARN>";
+const HOST_PLACEHOLDER = "https://<workspace-host>";
+const CLIENT_ID_PLACEHOLDER = "<service principal application ID>";
+const ENABLE_COMMAND = "databricks-token-broker setup --enable";
 const P = "DATABRICKS_TOKEN_BROKER_";
 
 /** The duration: option, else the broker's variable, else its default; the variable is checked as the broker checks it. */
@@ -68,15 +80,40 @@ export async function runSetup(args: SetupArgs, { clients, env }: SetupDeps): Pr
   const role = await roleFor(args.roleArn, clients.sts);
   const iamPolicy = executionRolePolicy({ audience: settings.audience, durationSeconds: settings.durationSeconds });
   const environment = environmentFor(settings, env);
-  return {
-    ok: federation.enabled && federation.issuer !== null && role.arn !== null,
-    federation,
-    role,
-    settings,
-    iamPolicy,
-    commands: commandsFor({ federation, role, settings, iamPolicy }),
-    environment,
-  };
+  const commands = commandsFor({ federation, role, settings, iamPolicy });
+  const unresolved = unresolvedIn({ federation, role, commands, environment });
+  return { ok: federation.enabled === true && unresolved.length === 0, federation, role, settings, iamPolicy, commands, environment, unresolved };
+}
+
+interface PrintedValues {
+  readonly federation: SetupReport["federation"];
+  readonly role: SetupReport["role"];
+  readonly commands: SetupReport["commands"];
+  readonly environment: Readonly<Record<string, string>>;
+}
+
+/** Every placeholder the printed commands and variables hold, each with what supplies it. */
+function unresolvedIn({ federation, role, commands, environment }: PrintedValues): Unresolved[] {
+  const unresolved: Unresolved[] = [];
+  if (federation.issuer === null) {
+    const fix = federation.enabled === false ? `enable outbound web identity federation: ${ENABLE_COMMAND}` : `read it with credentials that may call iam:GetOutboundWebIdentityFederationInfo, and run setup again`;
+    unresolved.push({ placeholder: ISSUER_PLACEHOLDER, fix });
+  }
+  if (role.arn === null) {
+    const fix = "pass the function's execution role with --role-arn";
+    unresolved.push({ placeholder: ROLE_PLACEHOLDER, fix }, { placeholder: ROLE_NAME_PLACEHOLDER, fix });
+  }
+  if (commands.createFederationPolicy.includes(SERVICE_PRINCIPAL_PLACEHOLDER)) {
+    const lookUp = commands.findServicePrincipal ? `; look it up with: ${commands.findServicePrincipal}` : "";
+    unresolved.push({ placeholder: SERVICE_PRINCIPAL_PLACEHOLDER, fix: `pass the service principal's numeric ID with --service-principal-id${lookUp}` });
+  }
+  if (environment.DATABRICKS_CLIENT_ID === CLIENT_ID_PLACEHOLDER) {
+    unresolved.push({ placeholder: CLIENT_ID_PLACEHOLDER, fix: "pass the service principal's application ID with --client-id, or set DATABRICKS_CLIENT_ID" });
+  }
+  if (environment.DATABRICKS_HOST === HOST_PLACEHOLDER) {
+    unresolved.push({ placeholder: HOST_PLACEHOLDER, fix: "set DATABRICKS_HOST to the workspace URL when running setup" });
+  }
+  return unresolved;
 }
 
 /** The settings: each from its option, else from `env`, else its default. */
@@ -93,7 +130,8 @@ async function federationFor(iam: IamLike, { enable }: { enable: boolean }): Pro
   try {
     state = await getFederationState(iam);
   } catch (err) {
-    return { enabled: false, enabledNow: false, issuer: null, problem: describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo") };
+    // Not read is not off: the account may well be enabled.
+    return { enabled: null, enabledNow: false, issuer: null, problem: describeAwsError(err, "iam:GetOutboundWebIdentityFederationInfo") };
   }
   if (state.enabled || !enable) return { enabled: state.enabled, enabledNow: false, issuer: state.issuer ?? null, problem: null };
   try {
@@ -117,8 +155,8 @@ async function roleFor(roleArn: string | undefined, sts: StsCliLike): Promise<Se
 
 /** The function's variables; a setting at its default is left out. */
 function environmentFor({ audience, durationSeconds, clientId }: SetupReport["settings"], env: NodeJS.ProcessEnv): Record<string, string> {
-  const environment: Record<string, string> = { [`${P}ENABLED`]: "true", DATABRICKS_HOST: env.DATABRICKS_HOST?.trim() || "https://<workspace-host>" };
-  environment.DATABRICKS_CLIENT_ID = clientId ?? "<service principal application ID>";
+  const environment: Record<string, string> = { [`${P}ENABLED`]: "true", DATABRICKS_HOST: env.DATABRICKS_HOST?.trim() || HOST_PLACEHOLDER };
+  environment.DATABRICKS_CLIENT_ID = clientId ?? CLIENT_ID_PLACEHOLDER;
   if (audience !== DEFAULTS.audience) environment[`${P}AUDIENCE`] = audience;
   if (durationSeconds !== DEFAULTS.stsDurationSeconds) environment[`${P}STS_DURATION_SECONDS`] = String(durationSeconds);
   // For the Databricks SDKs and CLI; the auth type is what keeps them from refusing to start beside DATABRICKS_CLIENT_ID (SPEC §5).
@@ -138,8 +176,8 @@ interface CommandsInput {
 /** The commands to run, with placeholders where a value is not known yet. */
 function commandsFor({ federation, role, settings, iamPolicy }: CommandsInput): SetupReport["commands"] {
   return {
-    enableFederation: federation.enabled ? null : "databricks-token-broker setup --enable",
-    putRolePolicy: putRolePolicyCommand(role.arn ?? ROLE_PLACEHOLDER, iamPolicy),
+    enableFederation: federation.enabled === true ? null : ENABLE_COMMAND,
+    putRolePolicy: putRolePolicyCommand(role.arn ?? undefined, iamPolicy),
     findServicePrincipal: settings.servicePrincipalId === null ? findServicePrincipalCommand(settings.clientId ?? undefined) : null,
     createFederationPolicy: federationPolicyCommand({
       issuer: federation.issuer ?? ISSUER_PLACEHOLDER,
@@ -152,39 +190,58 @@ function commandsFor({ federation, role, settings, iamPolicy }: CommandsInput): 
 
 const indent = (text: string, by = "   ") => text.replace(/^/gm, by);
 
-/** The report as a person reads it: state first, then the three things to do, in order. */
+/**
+ * The report as a person reads it: README's set-up steps 1 to 5, in its order and with its
+ * numbers, each with its state and what to run; then whether anything is still a placeholder.
+ */
 export function renderSetup(r: SetupReport): string {
-  const lines: string[] = [];
-  const f = r.federation;
-  if (f.problem) {
-    lines.push(`✗ Outbound web identity federation: ${f.problem.code}: ${f.problem.message}`, `    fix: ${f.problem.fix}`);
-  } else if (f.enabled) {
-    lines.push(`✓ Outbound web identity federation: enabled${f.enabledNow ? " (just now)" : ""}`);
-  } else {
-    lines.push("✗ Outbound web identity federation: disabled", `    fix: ${r.commands.enableFederation} (needs iam:EnableOutboundWebIdentityFederation), or aws iam enable-outbound-web-identity-federation`);
-  }
-  lines.push(`  Issuer URL: ${f.issuer ?? `unknown until federation is enabled (${ISSUER_PLACEHOLDER} below)`}`, "");
-
-  if (r.role.arn) {
-    lines.push(`✓ Execution role: ${r.role.arn}`);
-    if (r.role.note) lines.push(`  (${r.role.note})`);
-  } else {
-    lines.push(`✗ Execution role: unknown${r.role.problem ? `: ${r.role.problem.code}: ${r.role.problem.message}` : ""}`, `    fix: ${r.role.note ?? "pass --role-arn"}`);
-  }
-  lines.push("");
-
-  lines.push("1. Let the execution role sign JWTs for Databricks (IAM policy):", indent(JSON.stringify(r.iamPolicy, null, 2)), "", indent(r.commands.putRolePolicy), "");
-  lines.push("2. Let Databricks accept them: a federation policy on the service principal (as a Databricks account admin):", indent(r.commands.createFederationPolicy));
-  if (r.commands.findServicePrincipal) {
-    lines.push(indent(`(SERVICE_PRINCIPAL_ID is the service principal's numeric ID; look it up with: ${r.commands.findServicePrincipal})`));
-  }
-  lines.push("");
-  lines.push(
-    "3. Set on the function:",
+  const lines = [
+    "1. Enable outbound identity federation (once per AWS account):",
+    ...federationLines(r).map((l) => indent(l)),
+    "",
+    "2. Let the execution role sign its identity for Databricks (an IAM policy on the function's execution role):",
+    ...roleLines(r).map((l) => indent(l)),
+    indent(JSON.stringify(r.iamPolicy, null, 2)),
+    "",
+    indent(r.commands.putRolePolicy),
+    "",
+    "3. Trust the role in Databricks: a federation policy on the service principal (as a Databricks account admin):",
+    indent(r.commands.createFederationPolicy),
+    ...(r.commands.findServicePrincipal ? [indent(`(${SERVICE_PRINCIPAL_PLACEHOLDER} is the service principal's numeric ID; look it up with: ${r.commands.findServicePrincipal})`)] : []),
+    "",
+    "4. Attach the layer and set the variables on the function:",
     ...Object.entries(r.environment).map(([k, v]) => indent(`${k}=${v}`)),
     indent("(the last two let the Databricks SDKs and CLI find the token by themselves: set both, or neither)"),
     "",
-  );
-  lines.push("Then check the whole chain with the function's role: databricks-token-broker doctor");
+    "5. Check it with the function's role: databricks-token-broker doctor",
+    "",
+    ...verdictLines(r),
+  ];
   return `${lines.join("\n")}\n`;
+}
+
+function federationLines(r: SetupReport): string[] {
+  const f = r.federation;
+  const issuer = `Issuer URL: ${f.issuer ?? `unknown (${ISSUER_PLACEHOLDER} below)`}`;
+  if (f.enabled === null) {
+    return [`✗ Outbound web identity federation: unknown, IAM could not be read: ${f.problem?.code}: ${f.problem?.message}`, `    fix: ${f.problem?.fix}`, issuer];
+  }
+  if (f.enabled) return [`✓ Outbound web identity federation: enabled${f.enabledNow ? " (just now)" : ""}`, issuer];
+  if (f.problem) return [`✗ Outbound web identity federation: disabled, and enabling it failed: ${f.problem.code}: ${f.problem.message}`, `    fix: ${f.problem.fix}`, issuer];
+  return [
+    "✗ Outbound web identity federation: disabled",
+    `    fix: ${r.commands.enableFederation} (needs iam:EnableOutboundWebIdentityFederation), or aws iam enable-outbound-web-identity-federation`,
+    issuer,
+  ];
+}
+
+function roleLines(r: SetupReport): string[] {
+  if (r.role.arn) return [`✓ Execution role: ${r.role.arn}`, ...(r.role.note ? [`  (${r.role.note})`] : [])];
+  return [`✗ Execution role: unknown${r.role.problem ? `: ${r.role.problem.code}: ${r.role.problem.message}` : ""}`, `    fix: ${r.role.note ?? "pass --role-arn"}`];
+}
+
+function verdictLines(r: SetupReport): string[] {
+  if (r.ok) return ["✓ Every value above is real: run the commands, set the variables, then check with doctor."];
+  if (r.unresolved.length === 0) return ["✗ Not ready: outbound web identity federation must be enabled first (step 1)."];
+  return ["✗ Not ready: these placeholders stand in the commands above; supply them and run setup again:", ...r.unresolved.map((u) => indent(`${u.placeholder}: ${u.fix}`))];
 }
