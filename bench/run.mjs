@@ -11,7 +11,9 @@
 import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { build } from "esbuild";
-import { buildLayerTree, ROOT } from "../layer/build.mjs";
+import { cp, readFile, rm, writeFile } from "node:fs/promises";
+import { archMarker, buildLayerTree, EXTENSION_NAME, ROOT } from "../layer/build.mjs";
+import { layerNodeFor, NODE_VERSION } from "../layer/node-runtime.mjs";
 
 const OUT = join(ROOT, "dist", "bench");
 const PROGRAMS = ["main", "load", "bare-server", "function", "parts"];
@@ -24,6 +26,19 @@ if (!only || only.slice("--only=".length).split(",").includes("peers")) {
 
 const layerDir = process.env.BENCH_LAYER_DIR ?? join(ROOT, "dist", "layer");
 await buildLayerTree(layerDir);
+// Footprint (section 7) also measures the with-Node.js flavour for this machine's architecture:
+// the tree above with the Node.js and marker the build zips into it.
+const env = { ...process.env };
+if (!only || only.slice("--only=".length).split(",").includes("footprint")) {
+  const arch = process.arch === "arm64" ? "arm64" : "x86_64";
+  const withNodeDir = join(ROOT, "dist", `layer-with-node-${arch}`);
+  await rm(withNodeDir, { recursive: true, force: true });
+  await cp(layerDir, withNodeDir, { recursive: true });
+  const nodeDir = join(withNodeDir, EXTENSION_NAME, "node");
+  await layerNodeFor(arch, join(ROOT, "node_modules", ".cache", "databricks-token-broker"), nodeDir);
+  await writeFile(join(nodeDir, "arch"), archMarker(arch, await readFile(join(nodeDir, "bin", "node"))));
+  Object.assign(env, { BENCH_WITH_NODE_DIR: withNodeDir, BENCH_WITH_NODE_VERSION: `v${NODE_VERSION}` });
+}
 await build({
   entryPoints: PROGRAMS.map((p) => join(ROOT, "bench", `${p}.ts`)),
   outdir: OUT,
@@ -38,6 +53,6 @@ await build({
 
 const child = spawn(process.execPath, [join(OUT, "main.mjs"), ...process.argv.slice(2)], {
   stdio: "inherit",
-  env: { ...process.env, BENCH_DIR: OUT, BENCH_LAYER_DIR: layerDir },
+  env: { ...env, BENCH_DIR: OUT, BENCH_LAYER_DIR: layerDir },
 });
 child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
