@@ -237,13 +237,12 @@ describe("the extension in a Lambda environment", () => {
     await s.lambda.shutdown();
     const lines = logs(s.lambda);
     expect(lines.length).toBeGreaterThan(2);
-    // Every line is JSON on stdout (SPEC §6), Node.js's own warnings too (the AWS SDK warns
-    // about Node.js 20): nothing on stderr, no line that is not JSON.
+    // Every line is JSON on stdout (SPEC §6), Node.js's own warnings too: nothing on stderr, no
+    // line that is not JSON. The AWS SDK's Node.js 20 notice is switched off, and said once at
+    // debug instead (issue 14, item 7; test/cli-messages.test.ts).
     expect(s.lambda.stdout.filter((l) => l.trim() !== "")).toHaveLength(lines.length);
     expect(s.lambda.stderr.filter((l) => l.trim() !== "")).toEqual([]);
-    if (Number(process.versions.node.split(".")[0]) < 22) {
-      expect(lines).toContainEqual(expect.objectContaining({ level: "warn", msg: "Node.js warning", message: expect.stringContaining("NodeVersionSupportWarning") }));
-    }
+    expect(lines.filter((l) => JSON.stringify(l).includes("NodeVersionSupportWarning"))).toEqual([]);
     for (const l of lines) expect(l).toMatchObject({ time: expect.any(String), level: expect.any(String), msg: expect.any(String) });
     const all = [...s.lambda.stdout, ...s.lambda.stderr].join("\n");
     for (const secret of [...s.db.issuedTokens.map((t) => t.token), ...s.sts.issued.map((j) => j.token), s.lambda.env.AWS_SESSION_TOKEN!]) {

@@ -32,7 +32,9 @@ doctor options:
                                the role of the current credentials' session)
 
 Common options:
-  --region REGION              AWS region (default AWS_REGION; setup falls back to us-east-1,
+  --region REGION              AWS region (default AWS_REGION, AWS_DEFAULT_REGION, then the
+                               region of the AWS_PROFILE (else default) profile in
+                               AWS_CONFIG_FILE or ~/.aws/config; setup falls back to us-east-1,
                                as IAM is global)
   --json                       machine-readable output on stdout
   -h, --help                   show this text
@@ -40,7 +42,8 @@ Common options:
 doctor reads the same variables as the extension (DATABRICKS_HOST, DATABRICKS_CLIENT_ID,
 DATABRICKS_TOKEN_BROKER_*, AWS_*), and warns when the SDKs' DATABRICKS_METADATA_SERVICE_URL
 and DATABRICKS_AUTH_TYPE would not reach the broker. Neither command ever prints a token.
-Exit status: 0 when every step passed, 1 when one failed, 2 for a usage error.
+Exit status: doctor 0 when no step failed, 1 when one did; setup 0 when federation is enabled
+and every printed value is real (no <PLACEHOLDER> left), 1 otherwise; 2 for a usage error.
 In a Lambda function with the layer: databricks-token-broker doctor (/opt/bin, on PATH)
 `;
 
