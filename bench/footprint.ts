@@ -8,7 +8,8 @@
  * launcher whose last line runs `node <flags> index.cjs` (the launcher unsets NODE_OPTIONS, so
  * flags cannot reach it any other way), one row set per `;`-separated flag set, interleaved
  * with the launcher as built, each compared with it. `--footprint-layers="DIR;DIR"` does the
- * same for other built layer trees (A/B builds), run by the same launcher.
+ * same for other built layer trees (A/B builds), run by the same launcher. Experiments run on the
+ * plain layer, or with `--footprint-with-node` on the with-Node.js flavour's tree.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -249,9 +250,12 @@ export async function footprint(d: FootprintDeps): Promise<void> {
       .split(";")
       .map((s) => s.trim())
       .filter(Boolean);
+  // Experiments run on the plain layer, or with --footprint-with-node on the with-Node.js flavour, and compare with it.
+  const onWithNode = process.argv.includes("--footprint-with-node") && flavours.length > 1;
+  const experimentBase = onWithNode ? flavours[1]! : flavours[0]!;
   const experiments: Variant[] = [];
   for (const [i, flags] of listArg("--footprint-flags=").entries()) {
-    const command = await launcherCopy(`flags-${i}`, `exec "$node" ${flags} "$bundle/index.cjs"`);
+    const command = await launcherCopy(`flags-${i}`, `exec "$node" ${flags} "$bundle/index.cjs"`, onWithNode ? join(d.withNodeDir!, "databricks-token-broker") : undefined);
     experiments.push({ label: `node ${flags}`, flags, command, samples: [] });
   }
   // A/B builds: another layer tree (say, a build of a branch) run by the same launcher copy.
@@ -274,7 +278,7 @@ export async function footprint(d: FootprintDeps): Promise<void> {
   d.log("  by part (bench/parts.ts)");
   await partsTable(d, rounds);
   for (const f of flavours) flavourFigures(d, f);
-  experimentFigures(d, flavours[0]!, experiments);
+  experimentFigures(d, experimentBase, experiments);
 
   d.note(
     `Footprint: ${rounds} rounds, each, for ${flavours.map((f) => f.name).join(" and for ")}: 3 bare \`node -e ''\` starts, one idle bare \`node\` and one cold start of the extension${experiments.length ? `; then one cold start of each experiment` : ""}, interleaved; no upstream delays. CPU is utime+stime of the extension's process (every thread; the launcher's shell execs node in the same process) from /proc/<pid>/stat, counted in whole 10 ms ticks (each reading truncated, so a mean runs about 5 ms low, on both sides), so the stage figures are means over the cold starts; read when the emulator has answered the register request, when init completed (just after the first event/next), and when the first GET /token was answered. Baseline: the flavour's launcher with its last line running its \`node -e ''\` as its child, then printing its own /proc stat: the shell's CPU plus its reaped child's (cutime+cstime), mean of ${3 * rounds}. Per cached answer: CPU over ${ASKS.toLocaleString("en")} sequential GET /token after the first; per INVOKE cycle: over ${INVOKES} INVOKE events from the emulator (no function work), medians. RSS (VmRSS from /proc/<pid>/status; "own" is its RssAnon, the process's private memory, without the file pages of the node binary and libraries that VmRSS also counts) when init completed, 50 ms after the first token, 50 ms after the asks, and after a ${BURST.connections}-connection, ${BURST.durationSeconds} s autocannon burst; peak is VmHWM then; medians. Memory baseline: the flavour's launcher running an idle \`node -e\` with its node, once it printed a line, median of ${rounds}.${experiments.length ? ` Experiment rows: a copy of the launcher whose last line runs \`node <flags> index.cjs\`, or that runs another build's tree, compared with the layer as built in the same rounds (the ratio after it against bare Node.js).` : ""}`,

@@ -409,8 +409,9 @@ async function firstToken(): Promise<void> {
     broker: ms(t),
     baseline: `${ms(sum)} (Node.js ${ms(bareMs)} + ${STS_DELAY_MS} + ${EXCHANGE_DELAY_MS})`,
     ratio: `${t - sum >= 0 ? "+" : ""}${(t - sum).toFixed(1)} ms`,
-    goal: "≤ +20 ms",
-    met: t - sum <= 20,
+    // Issue 11 retired the goal of +20 ms: it measured a loopback artefact, and the peers' figures are the user's.
+    goal: "report",
+    met: undefined,
   });
   notes.push(
     `First token: ${total.length} cold starts, medians: registered at ${ms(median(registered))}, STS request arrived at ${ms(median(stsAt))}, exchange request arrived at ${ms(median(exchangeAt))} (${ms(median(exchangeAt) - median(stsAt) - STS_DELAY_MS)} between STS answering and the exchange arriving), answer at ${ms(t)} after spawn. The GET is sent the moment the extension asks for its first event.`,
