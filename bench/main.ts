@@ -4,7 +4,8 @@
  * the layer and bundles this program. Sections, each selectable with `--only=`: serving,
  * startup, first-token, function, upstream, peers (bench/peers.ts: a Python function under
  * AWS's Lambda emulator, the way Databricks documents against the broker's) and footprint
- * (bench/footprint.ts: CPU and memory, issue 13).
+ * (bench/footprint.ts: CPU and memory, issue 13) and storm (bench/storm.ts: cold-start storms
+ * against rate-limited upstreams, per backoff policy, issue 15).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -19,6 +20,7 @@ import { startDatabricks, type DatabricksStandIn } from "../test/standins/databr
 import { type LambdaEmulator, type StartLambdaOptions, startLambda } from "../test/standins/lambda.js";
 import { startSts, type StsStandIn } from "../test/standins/sts.js";
 import { footprint } from "./footprint.js";
+import { storms } from "./storm.js";
 import type { FunctionMessage, FunctionMode, InvokeMessage } from "./function.js";
 import type { LoadJob, LoadResult } from "./load.js";
 import { peers, type PeersFigure } from "./peers.js";
@@ -717,6 +719,10 @@ try {
       figure,
       note: (text) => notes.push(text),
     });
+  }
+  if (wanted("storm")) {
+    const variants = JSON.parse(process.env.BENCH_STORM_LAYERS ?? "[]") as { name: string; dir: string }[];
+    await storms({ launcher: LAUNCHER, variants, reps, log, figure, note: (text) => notes.push(text) });
   }
 } finally {
   await rm(scratch, { recursive: true, force: true });

@@ -11,7 +11,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { build } from "esbuild";
-import { cp, readFile, rm, writeFile } from "node:fs/promises";
+import { cp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { archMarker, buildLayerTree, EXTENSION_NAME, ROOT } from "../layer/build.mjs";
 import { layerNodeFor, NODE_VERSION } from "../layer/node-runtime.mjs";
 
@@ -29,7 +29,26 @@ await buildLayerTree(layerDir);
 // Footprint (section 7) also measures the with-Node.js flavour for this machine's architecture:
 // the tree above with the Node.js and marker the build zips into it.
 const env = { ...process.env };
-if (!only || only.slice("--only=".length).split(",").includes("footprint")) {
+const wants = (section) => !only || only.slice("--only=".length).split(",").includes(section);
+// Storms (section 8) compare backoff policies: each of bench/backoff/*.ts built into a layer in
+// place of src/backoff.ts (what src/token-cache.ts imports as ./backoff.js).
+if (wants("storm")) {
+  const variants = [];
+  for (const file of (await readdir(join(ROOT, "bench", "backoff"))).filter((f) => f.endsWith(".ts") && f !== "common.ts").sort()) {
+    const name = file.slice(0, -3);
+    const dir = join(ROOT, "dist", "storm", name);
+    const policy = {
+      name: `backoff-${name}`,
+      setup(b) {
+        b.onResolve({ filter: /^\.\/backoff\.js$/ }, (a) => (a.importer.endsWith(join("src", "token-cache.ts")) ? { path: join(ROOT, "bench", "backoff", file) } : undefined));
+      },
+    };
+    await buildLayerTree(dir, { plugins: [policy] });
+    variants.push({ name, dir });
+  }
+  env.BENCH_STORM_LAYERS = JSON.stringify(variants);
+}
+if (wants("footprint")) {
   const arch = process.arch === "arm64" ? "arm64" : "x86_64";
   const withNodeDir = join(ROOT, "dist", `layer-with-node-${arch}`);
   await rm(withNodeDir, { recursive: true, force: true });

@@ -1,10 +1,10 @@
-import type { BuildOptions } from "esbuild";
+import type { BuildOptions, Plugin } from "esbuild";
 
 export declare const ROOT: string;
 export declare const EXTENSION_NAME: string;
 export declare const NOTICES_FILE: string;
 export declare function bundles(bundleDir: string): BuildOptions[];
-export declare function buildLayerTree(outDir?: string): Promise<number>;
+export declare function buildLayerTree(outDir?: string, options?: { plugins?: Plugin[] }): Promise<number>;
 export declare function thirdPartyNotices(inputs: string[], root?: string): Promise<string>;
 export declare const MAX_ZIPPED_BYTES: number;
 export declare const MAX_UNZIPPED_BYTES: number;

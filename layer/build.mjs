@@ -95,8 +95,11 @@ export function bundles(bundleDir) {
   ];
 }
 
-/** Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes. */
-export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
+/**
+ * Writes the layer tree into `outDir` (default dist/layer) and returns the bundle's size in bytes.
+ * `plugins`: esbuild plugins added to every bundle's; the bench builds variants with them.
+ */
+export async function buildLayerTree(outDir = join(ROOT, "dist", "layer"), { plugins = [] } = {}) {
   outDir = resolve(outDir);
   // Built beside the tree it replaces and swapped in at the end (see swapIn).
   const tree = `${outDir}.staging-${process.pid}`;
@@ -110,7 +113,7 @@ export async function buildLayerTree(outDir = join(ROOT, "dist", "layer")) {
   }
   const bundleDir = join(tree, EXTENSION_NAME);
   const inputs = [];
-  for (const options of bundles(bundleDir)) {
+  for (const options of bundles(bundleDir).map((o) => ({ ...o, plugins: [...plugins, ...(o.plugins ?? [])] }))) {
     const { metafile } = await build({ ...options, metafile: true });
     inputs.push(...Object.keys(metafile.inputs));
   }

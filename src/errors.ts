@@ -50,6 +50,8 @@ export interface BrokerErrorOptions {
   hint?: string;
   /** Milliseconds the upstream asked us to wait (`Retry-After`). */
   retryAfterMs?: number;
+  /** The upstream refused for its rate limit (STS `Throttling`, HTTP 429): others are likely asking too. */
+  throttled?: boolean;
   cause?: unknown;
 }
 
@@ -61,6 +63,7 @@ export class BrokerError extends Error {
   readonly upstreamCode: string | undefined;
   readonly hint: string | undefined;
   readonly retryAfterMs: number | undefined;
+  readonly throttled: boolean;
 
   constructor(code: BrokerErrorCode, message: string, options: BrokerErrorOptions) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -70,6 +73,7 @@ export class BrokerError extends Error {
     this.upstreamCode = options.upstreamCode;
     this.hint = options.hint;
     this.retryAfterMs = options.retryAfterMs;
+    this.throttled = options.throttled ?? false;
   }
 
   /** One line for a 503 body or a log: step, upstream code, what happened, what to check. */

@@ -129,6 +129,7 @@ function httpError(target: Target, res: HttpAnswer, body: Record<string, unknown
     return new BrokerError("ERR_EXCHANGE_UNAVAILABLE", message, {
       ...opts,
       retryable: true,
+      throttled: res.status === 429,
       hint: res.status === 429 ? "Databricks is rate-limiting token requests; the broker backs off" : "a Databricks fault; the broker retries with backoff",
       ...(after !== undefined ? { retryAfterMs: after } : {}),
     });

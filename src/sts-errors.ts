@@ -45,6 +45,7 @@ interface Rule {
   /** Put before the SDK's message. */
   readonly what: string;
   readonly retryable: boolean;
+  readonly throttled?: true;
   readonly hint: string;
 }
 
@@ -99,6 +100,7 @@ const RULES: readonly Rule[] = [
     code: "ERR_STS_UNAVAILABLE",
     what: "STS throttled the request",
     retryable: true,
+    throttled: true,
     hint: "too many GetWebIdentityToken calls in this account and region; the broker backs off",
   },
   {
@@ -141,6 +143,7 @@ export function classifyStsError(err: unknown): BrokerError {
     upstreamCode: quoteUpstream(failure.code, MAX_QUOTED_CODE_CHARS),
     cause: err,
     retryable: rule.retryable,
+    throttled: rule.throttled,
     hint: rule.hint,
   });
 }

@@ -9,16 +9,14 @@
  * is allowed after a failure (backoff for transient failures, a cooldown for permanent ones).
  */
 import { LRUCache } from "lru-cache";
+import { backoffMs } from "./backoff.js";
 import type { Target } from "./config.js";
 import { BrokerError, isBrokerError } from "./errors.js";
 import type { AccessToken } from "./exchange.js";
 
 export type TokenSource = (target: Target, signal?: AbortSignal) => Promise<AccessToken>;
 
-/** First backoff step after a transient failure; doubles per consecutive failure. */
-export const BACKOFF_BASE_MS = 500;
-/** Longest backoff: keeps a dead upstream at about two calls a minute. */
-export const BACKOFF_CAP_MS = 30_000;
+export { BACKOFF_CAP_MS } from "./backoff.js";
 /**
  * After a permanent failure (access denied, invalid_grant, ...) no upstream call for this
  * long: a fix (an IAM or federation-policy change) takes effect without a redeploy, yet a
@@ -26,6 +24,12 @@ export const BACKOFF_CAP_MS = 30_000;
  * failed refresh.
  */
 export const COOLDOWN_MS = 30_000;
+/**
+ * A caller whose wait would end before the backoff allows another attempt gets one this long
+ * before its wait ends: STS and the exchange answer in a few hundred ms each, and a storm's
+ * stragglers are served sooner (bench section 8).
+ */
+export const LAST_TRY_MS = 2_000;
 /**
  * A token fetched this recently counts as fresh: a `?min_ttl` no token can satisfy is then
  * served this token instead of causing one exchange per request.
@@ -53,8 +57,20 @@ export interface TokenCacheOptions {
 
 interface KeyState {
   failures: number;
+  /** The wait after the last failure, for a policy that grows from it. */
+  lastBackoffMs: number;
   /** No upstream call before this (Unix ms). */
   nextAttemptAt: number;
+  /**
+   * A caller about to give up may bring `nextAttemptAt` forward to the end of its wait: after a
+   * throttled failure that did not follow such an attempt, so the upstream sees at most one
+   * extra call per backoff step; never before `retryAfterUntil`.
+   */
+  pullable: boolean;
+  /** The attempt running (or last run) was brought forward so. */
+  pulled: boolean;
+  /** The upstream's `Retry-After`, as a time (Unix ms); 0 when none. */
+  retryAfterUntil: number;
   lastError: BrokerError | undefined;
   lastErrorAt: number | undefined;
   lastRefreshAt: number | undefined;
@@ -111,7 +127,7 @@ export class TokenCache {
     for (const t of o.targets.values()) {
       this.#byKey.set(keyOf(t), t);
       this.#keyByName.set(t.name, keyOf(t));
-      this.#state.set(keyOf(t), { failures: 0, nextAttemptAt: 0, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
+      this.#state.set(keyOf(t), { failures: 0, lastBackoffMs: 0, nextAttemptAt: 0, pullable: false, pulled: false, retryAfterUntil: 0, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
     }
     const now = this.#now;
     this.#cache = new LRUCache<string, AccessToken>({
@@ -160,13 +176,6 @@ export class TokenCache {
     return t.expiresAt - Math.max(Math.min(this.#refreshAheadMs, lifetime / 2), this.#minTtlMs);
   }
 
-  #backoffMs(failures: number, retryAfterMs: number | undefined): number {
-    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures - 1, 30));
-    // "Equal jitter": at least half the step, so askers that woke together spread out.
-    const jittered = ceiling / 2 + this.#random() * (ceiling / 2);
-    return Math.max(jittered, retryAfterMs ?? 0);
-  }
-
   /** One upstream attempt; lru-cache merges concurrent callers, and callers respect the backoff. */
   async #load(key: string, signal: AbortSignal, options: LRUCache.FetcherFetchOptions<string, AccessToken>): Promise<AccessToken> {
     const target = this.#byKey.get(key);
@@ -182,7 +191,11 @@ export class TokenCache {
     options.ttl = Math.max(1, this.#refreshAt(token) - now);
     const st = this.#stateOf(key);
     st.failures = 0;
+    st.lastBackoffMs = 0;
     st.nextAttemptAt = 0;
+    st.pullable = false;
+    st.pulled = false;
+    st.retryAfterUntil = 0;
     st.lastRefreshAt = now;
     st.refreshes += 1;
     this.#onRefresh({ ok: true, target: target.name, at: now, token, ms: now - started });
@@ -209,7 +222,11 @@ export class TokenCache {
     st.failures += 1;
     st.lastError = e;
     st.lastErrorAt = now;
-    st.nextAttemptAt = now + (e.retryable ? this.#backoffMs(st.failures, e.retryAfterMs) : COOLDOWN_MS);
+    st.lastBackoffMs = e.retryable ? backoffMs(st.failures, e, this.#random, st.lastBackoffMs) : 0;
+    st.nextAttemptAt = now + (e.retryable ? st.lastBackoffMs : COOLDOWN_MS);
+    st.pullable = e.throttled && !st.pulled;
+    st.pulled = false;
+    st.retryAfterUntil = e.retryAfterMs === undefined ? 0 : now + e.retryAfterMs;
     this.#onRefresh({ ok: false, target: target.name, at: now, error: e, failures: st.failures, retryInMs: st.nextAttemptAt - now });
     return e;
   }
@@ -238,6 +255,7 @@ export class TokenCache {
     const st = this.#stateOf(key);
     const wanted = this.#wantedMs(minTtlSeconds);
     const deadline = this.#now() + waitMs;
+    let lastTried = false;
     for (;;) {
       const cached = this.#ready(key, wanted);
       if (cached) return cached;
@@ -245,9 +263,21 @@ export class TokenCache {
 
       if (st.lastError && !st.inFlight && now < st.nextAttemptAt) {
         if (!st.lastError.retryable) throw st.lastError;
-        if (st.nextAttemptAt > deadline) throw this.#timeout(name, waitMs, recentError(st));
-        await this.#sleep(st.nextAttemptAt - now);
-        continue;
+        // After a throttled call, the backoff may put the next attempt past this caller's wait:
+        // one attempt before the wait ends may still succeed (a storm's stragglers, issue 15),
+        // where answering now cannot (KeyState.pullable says when it may be brought forward).
+        if (st.nextAttemptAt >= deadline) {
+          const lastTry = Math.max(now, st.retryAfterUntil, deadline - LAST_TRY_MS);
+          if (lastTried || !st.pullable || lastTry >= deadline) throw this.#timeout(name, waitMs, recentError(st));
+          lastTried = true;
+          st.pullable = false;
+          st.pulled = true;
+          st.nextAttemptAt = Math.min(st.nextAttemptAt, lastTry);
+        }
+        if (now < st.nextAttemptAt) {
+          await this.#sleep(st.nextAttemptAt - now);
+          continue;
+        }
       }
       const remaining = deadline - now;
       if (remaining <= 0) throw this.#timeout(name, waitMs, recentError(st));

@@ -54,6 +54,56 @@ function setup(opts: { lifetimeS?: number; refreshAheadS?: number; minTtlS?: num
   return { clock, calls, control, cache, get, outcomes };
 }
 
+const throttled = () => new BrokerError("ERR_STS_UNAVAILABLE", "STS throttled the request", { step: "sts", retryable: true, upstreamCode: "Throttling", throttled: true });
+
+describe("TokenCache: a caller whose wait the backoff would outlast (issue 15)", () => {
+  /** Fails with `fail` for the first `failures` calls, then serves; the times of the calls, from the first. */
+  async function run(fail: () => Error, failures: number) {
+    const clock = { t: Date.UTC(2026, 10, 29, 12) };
+    const t0 = clock.t;
+    const at: number[] = [];
+    const cache = new TokenCache({
+      targets: new Map([["default", target]]),
+      source: async () => {
+        at.push(clock.t - t0);
+        if (at.length <= failures) throw fail();
+        return { accessToken: "tok-1", tokenType: "Bearer", scope: "all-apis", issuedAt: clock.t, expiresAt: clock.t + 3_600_000 };
+      },
+      refreshAheadSeconds: 600,
+      minTtlSeconds: 120,
+      now: () => clock.t,
+      random: () => 0.5,
+      sleep: async (ms) => {
+        clock.t += ms;
+      },
+    });
+    const answer = await cache.get("default", { waitMs: 10_000 }).then((t) => t.accessToken, (e: BrokerError) => e.code);
+    return { answer, at };
+  }
+
+  // With random 0.5, decorrelated jitter from 1 s after a throttled call waits 2000, 3500 and
+  // 5750 ms: the third failure, at 5500 ms, puts the next attempt at 11250 ms, past the 10 s wait.
+  it("after throttling, gets one more attempt 2 s before its wait ends, instead of a 503 at once", async () => {
+    expect(await run(throttled, 3)).toEqual({ answer: "tok-1", at: [0, 2_000, 5_500, 8_000] });
+  });
+
+  it("gets only that one: throttled again, it is answered the throttling", async () => {
+    expect(await run(throttled, 4)).toEqual({ answer: "ERR_STS_UNAVAILABLE", at: [0, 2_000, 5_500, 8_000] });
+  });
+
+  // Equal jitter with random 0.5: 375, 750, 1500, 3000, 6000 ms after each failure; the fifth
+  // failure, at 5625 ms, puts the next attempt at 11625 ms, past the 10 s wait.
+  it("after other transient failures, is answered at once, as the backoff keeps the upstream's calls down", async () => {
+    expect(await run(transient, 5)).toEqual({ answer: "ERR_EXCHANGE_UNAVAILABLE", at: [0, 375, 1125, 2625, 5625] });
+  });
+
+  it("never before a Retry-After: one inside the wait is waited for, one past it is answered at once", async () => {
+    const after = (ms: number) => () => new BrokerError("ERR_EXCHANGE_UNAVAILABLE", "429", { step: "exchange", retryable: true, upstreamCode: "HTTP 429", throttled: true, retryAfterMs: ms });
+    expect(await run(after(9_500), 1)).toEqual({ answer: "tok-1", at: [0, 9_500] });
+    expect(await run(after(10_500), 1)).toEqual({ answer: "ERR_EXCHANGE_UNAVAILABLE", at: [0] });
+  });
+});
+
 describe("TokenCache", () => {
   it("reports each upstream attempt's outcome to onRefresh: a failure with its count and the wait before the next", async () => {
     const { clock, control, get, outcomes } = setup();

@@ -101,7 +101,7 @@ describe("STS errors", () => {
     ["ExpiredTokenException", 400, "ERR_STS_CREDENTIALS", false, "ExpiredToken"],
   ])("classifies %s (%i) as %s", (name, status, code, retryable, upstream) => {
     const e = classifyStsError(awsError(name, status));
-    expect(e).toMatchObject({ code, retryable, upstreamCode: upstream, step: "sts" });
+    expect(e).toMatchObject({ code, retryable, upstreamCode: upstream, step: "sts", throttled: upstream === "Throttling" });
     expect(e.hint).toBeTruthy();
   });
 
@@ -195,7 +195,7 @@ describe("Databricks exchange", () => {
   ])("maps %i %o to %s", async (status, body, code, retryable, upstream) => {
     const { exchange } = exchangeWith(() => json(status, body));
     const err = await exchange(target, { jwt: "j.w.t" }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code, retryable, upstreamCode: upstream, step: "exchange" });
+    expect(err).toMatchObject({ code, retryable, upstreamCode: upstream, step: "exchange", throttled: status === 429 });
     expect((err as { hint?: string }).hint).toBeTruthy();
   });
 

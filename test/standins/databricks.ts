@@ -15,6 +15,8 @@ import {
   sendJson,
   sleep,
   type Handler,
+  type RateLimit,
+  TokenBucket,
   type TransportFault,
 } from "./sts.js";
 
@@ -65,6 +67,11 @@ export interface DatabricksSettings {
   jwksCooldownMs: number;
   /** Identity that SCIM /Me reports. */
   principal: { id: string; displayName: string };
+  /**
+   * Token requests beyond this token bucket are answered 429 with `Retry-After` (whole seconds
+   * until the next token), as Databricks answers a client over its rate limit. Default: none.
+   */
+  rateLimit?: RateLimit;
 }
 
 export interface DatabricksOptions extends Partial<Omit<DatabricksSettings, "policy">> {
@@ -185,7 +192,9 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
     clockToleranceSeconds: options.clockToleranceSeconds ?? 0,
     jwksCooldownMs: options.jwksCooldownMs ?? 30_000,
     principal: options.principal ?? { id: "4711000000000042", displayName: "databricks-token-broker" },
+    rateLimit: options.rateLimit,
   };
+  const bucket = new TokenBucket(now);
   const exchanges: Exchange[] = [];
   const issuedTokens: IssuedToken[] = [];
   const apiCalls: ApiCall[] = [];
@@ -311,6 +320,11 @@ export async function startDatabricks(options: DatabricksOptions): Promise<Datab
       return { status: r.status, body: { error: r.error, error_description: r.description } };
     };
 
+    const waitMs = bucket.take(settings.rateLimit);
+    if (waitMs > 0) {
+      Object.assign(exchange, { status: 429, error: "REQUEST_LIMIT_EXCEEDED" });
+      return sendJson(res, 429, { error_code: "REQUEST_LIMIT_EXCEEDED", message: "Too many requests: the token endpoint's rate limit was exceeded" }, { "retry-after": String(Math.ceil(waitMs / 1000)) });
+    }
     let fault = faults.take();
     if (fault?.kind === "delay") {
       await sleep(fault.ms);

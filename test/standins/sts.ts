@@ -83,6 +83,41 @@ export async function listenLoopback(handler: Handler): Promise<Loopback> {
   };
 }
 
+/** A token bucket's shape: `burst` calls at once, then `perSecond` (how AWS and Databricks rate-limit API calls). */
+export interface RateLimit {
+  perSecond: number;
+  burst: number;
+}
+
+/**
+ * A token bucket per `RateLimit`, read afresh on every call so a test may change or remove it
+ * at runtime; a refused call takes no token.
+ */
+export class TokenBucket {
+  #limit: RateLimit | undefined;
+  #tokens = 0;
+  #at = 0;
+  constructor(readonly now: () => number) {}
+
+  /** 0 when the call may go ahead (a token taken), else the ms until the next token. */
+  take(limit: RateLimit | undefined): number {
+    if (!limit) return 0;
+    const now = this.now();
+    if (limit !== this.#limit) {
+      this.#limit = limit;
+      this.#tokens = limit.burst;
+      this.#at = now;
+    }
+    this.#tokens = Math.min(limit.burst, this.#tokens + ((now - this.#at) / 1000) * limit.perSecond);
+    this.#at = now;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - this.#tokens) / limit.perSecond) * 1000);
+  }
+}
+
 /** Faults that do not depend on the protocol being imitated. `delayMs` delays the faulty answer. */
 export type TransportFault =
   /** Answer normally, but only after `ms`. */
@@ -216,6 +251,11 @@ export interface StsSettings {
    * token, if it has one), else it is refused as AWS refuses it. Default: KNOWN_CREDENTIALS.
    */
   credentials: AwsCredential[];
+  /**
+   * GetWebIdentityToken calls beyond this token bucket are answered `Throttling` (400, "Rate
+   * exceeded", no Retry-After), as STS answers a caller over its quota. Default: none.
+   */
+  rateLimit?: RateLimit;
 }
 
 export interface StsOptions extends Partial<StsSettings> {
@@ -369,7 +409,9 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     allow: options.allow,
     callerArn: options.callerArn,
     credentials: options.credentials ?? [...KNOWN_CREDENTIALS],
+    rateLimit: options.rateLimit,
   };
+  const bucket = new TokenBucket(now);
   const keys = new Map<SigningAlgorithm, SigningKey>();
   let published: JWK[] = [];
   const rotateKeys = async (keepOld = true) => {
@@ -476,6 +518,7 @@ export async function startSts(options: StsOptions = {}): Promise<StsStandIn> {
     if (call.action !== "GetWebIdentityToken" || params.get("Version") !== API_VERSION) {
       return fail(400, "InvalidAction", `Could not find operation ${call.action ?? "(none)"} for version ${params.get("Version") ?? "(none)"}`);
     }
+    if (bucket.take(settings.rateLimit) > 0) return fail(400, "Throttling", "Rate exceeded");
 
     const problems: string[] = [];
     if (audience.length === 0 && !params.has("Audience")) {
