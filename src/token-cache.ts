@@ -64,13 +64,11 @@ interface KeyState {
   /**
    * A caller about to give up may bring `nextAttemptAt` forward to the end of its wait: after a
    * throttled failure that did not follow such an attempt, so the upstream sees at most one
-   * extra call per backoff step; never before `retryAfterUntil`.
+   * extra call per backoff step; never before the `Retry-After` of `lastError`.
    */
   pullable: boolean;
   /** The attempt running (or last run) was brought forward so. */
   pulled: boolean;
-  /** The upstream's `Retry-After`, as a time (Unix ms); 0 when none. */
-  retryAfterUntil: number;
   lastError: BrokerError | undefined;
   lastErrorAt: number | undefined;
   lastRefreshAt: number | undefined;
@@ -127,7 +125,7 @@ export class TokenCache {
     for (const t of o.targets.values()) {
       this.#byKey.set(keyOf(t), t);
       this.#keyByName.set(t.name, keyOf(t));
-      this.#state.set(keyOf(t), { failures: 0, lastBackoffMs: 0, nextAttemptAt: 0, pullable: false, pulled: false, retryAfterUntil: 0, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
+      this.#state.set(keyOf(t), { failures: 0, lastBackoffMs: 0, nextAttemptAt: 0, pullable: false, pulled: false, lastError: undefined, lastErrorAt: undefined, lastRefreshAt: undefined, refreshes: 0, inFlight: undefined });
     }
     const now = this.#now;
     this.#cache = new LRUCache<string, AccessToken>({
@@ -195,7 +193,6 @@ export class TokenCache {
     st.nextAttemptAt = 0;
     st.pullable = false;
     st.pulled = false;
-    st.retryAfterUntil = 0;
     st.lastRefreshAt = now;
     st.refreshes += 1;
     this.#onRefresh({ ok: true, target: target.name, at: now, token, ms: now - started });
@@ -226,7 +223,6 @@ export class TokenCache {
     st.nextAttemptAt = now + (e.retryable ? st.lastBackoffMs : COOLDOWN_MS);
     st.pullable = e.throttled && !st.pulled;
     st.pulled = false;
-    st.retryAfterUntil = e.retryAfterMs === undefined ? 0 : now + e.retryAfterMs;
     this.#onRefresh({ ok: false, target: target.name, at: now, error: e, failures: st.failures, retryInMs: st.nextAttemptAt - now });
     return e;
   }
@@ -267,7 +263,8 @@ export class TokenCache {
         // one attempt before the wait ends may still succeed (a storm's stragglers, issue 15),
         // where answering now cannot (KeyState.pullable says when it may be brought forward).
         if (st.nextAttemptAt >= deadline) {
-          const lastTry = Math.max(now, st.retryAfterUntil, deadline - LAST_TRY_MS);
+          const retryAfterUntil = (st.lastErrorAt ?? 0) + (st.lastError.retryAfterMs ?? 0);
+          const lastTry = Math.max(now, retryAfterUntil, deadline - LAST_TRY_MS);
           if (lastTried || !st.pullable || lastTry >= deadline) throw this.#timeout(name, waitMs, recentError(st));
           lastTried = true;
           st.pullable = false;
