@@ -221,7 +221,7 @@ async function handleEvents({ api, cache, log, now, snapStart, managed, listener
       log.info("shutting down", { reason: event.shutdownReason, budgetMs: budget });
       // Requests still waiting for a token must not hold the exit past the deadline.
       await Promise.race([stop(listener, app()), new Promise((r) => setTimeout(r, budget).unref())]);
-      metrics?.flush();
+      metrics?.flush({ last: true });
       return 0;
     }
     // The tokens served since the last INVOKE: the previous invoke's are all answered by now.

@@ -88,10 +88,11 @@ export interface Metrics {
   /** The token cache's `onRefresh`: one record per refresh. */
   readonly onRefresh: (outcome: RefreshOutcome) => void;
   /**
-   * At an INVOKE (and at SHUTDOWN): a record of the tokens served for each target that served
-   * some since its last record and had no refresh since the last flush.
+   * At an INVOKE: a record of the tokens served for each target that served some since its last
+   * record and had no refresh since the last flush. At SHUTDOWN (`last`), for every target that
+   * served some: nothing is held back for a record that will not come.
    */
-  readonly flush: () => void;
+  readonly flush: (options?: { readonly last?: boolean }) => void;
 }
 
 interface TargetCounts {
@@ -119,9 +120,9 @@ export function createMetrics({ namespace, functionName, targets, write, now = D
         c.refreshed = true;
       }
     },
-    flush: () => {
+    flush: ({ last = false } = {}) => {
       for (const [target, c] of counts) {
-        if (c.served > 0 && !c.refreshed) {
+        if (c.served > 0 && (last || !c.refreshed)) {
           emit(emfRecord(scope, target, now(), { TokensServed: c.served }));
           c.served = 0;
         }

@@ -205,6 +205,17 @@ describe("createMetrics", () => {
     expect(records()).toHaveLength(3);
   });
 
+  it("at the last flush, writes the tokens served of a target that refreshed meanwhile too", () => {
+    const { metrics, records } = recorder();
+    metrics.onRefresh(success);
+    metrics.served("default");
+    metrics.flush({ last: true });
+    expect(records().map((r) => [r.Target, r.TokensServed])).toEqual([
+      ["default", 0],
+      ["default", 1],
+    ]);
+  });
+
   it("writes nothing for requests alone, nor for a target it does not know", () => {
     const { metrics, lines } = recorder(["default"]);
     for (let i = 0; i < 1000; i++) metrics.served("default");
