@@ -19,6 +19,8 @@ export interface AppOptions {
   sessionToken: string | undefined;
   log: Logger;
   now?: () => number;
+  /** Called once per token answered, with its target: given only when metrics are on. */
+  countServed?: (target: string) => void;
 }
 
 export const SESSION_TOKEN_HEADER = "x-aws-session-token";
@@ -58,6 +60,7 @@ interface Routing {
   metadataWaitMs: number;
   /** The last `/token` answer's text per target: nearly every request gets the same one again. */
   tokenTexts: Map<string, { token: AccessToken; expiresIn: number; text: string }>;
+  countServed: ((target: string) => void) | undefined;
 }
 
 /** SHA-256 in one call where Node.js has `crypto.hash` (20.12+), else through a hash object. */
@@ -82,7 +85,7 @@ const noSchemas = () => () => {
  * at the socket level (header size, request timeout, malformed requests, CONNECT, a `Host`
  * not addressed to loopback) and hands every other request to `app.routing`.
  */
-export function buildApp({ config, cache, sessionToken, log, now = Date.now }: AppOptions): FastifyInstance {
+export function buildApp({ config, cache, sessionToken, log, now = Date.now, countServed }: AppOptions): FastifyInstance {
   const waitMs = config.waitSeconds * 1000;
   const routing: Routing = {
     config,
@@ -93,6 +96,7 @@ export function buildApp({ config, cache, sessionToken, log, now = Date.now }: A
     waitMs,
     metadataWaitMs: Math.min(waitMs, METADATA_WAIT_MS),
     tokenTexts: new Map(),
+    countServed,
   };
   const app = createFastify(log);
   const token = tokenRoute(routing);
@@ -274,6 +278,7 @@ function cutShort(err: BrokerError, waitMs: number): BrokerError {
 function sendToken(r: Routing, reply: FastifyReply, t: AccessToken, name: string): FastifyReply {
   // The fingerprint is a SHA-256: worth computing only when the line is written.
   if (r.log.level === "debug") r.log.debug("token served", { target: name, route: "token", token: fingerprint(t.accessToken) });
+  r.countServed?.(name);
   const expiresIn = Math.floor((t.expiresAt - r.now()) / 1000);
   let last = r.tokenTexts.get(name);
   if (last?.token !== t || last.expiresIn !== expiresIn) {
@@ -292,5 +297,6 @@ interface MetadataBody {
 
 function metadataBody(r: Routing, t: AccessToken, name: string): MetadataBody {
   if (r.log.level === "debug") r.log.debug("token served", { target: name, route: "metadata", token: fingerprint(t.accessToken) });
+  r.countServed?.(name);
   return { access_token: t.accessToken, token_type: "Bearer", expires_on: Math.floor(t.expiresAt / 1000) };
 }

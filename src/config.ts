@@ -8,6 +8,9 @@ import { BrokerError } from "./errors.js";
 export type SigningAlgorithm = "RS256" | "ES384";
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+/** `DATABRICKS_TOKEN_BROKER_METRICS`: off, or CloudWatch embedded-metric-format records on stdout (SPEC §8). */
+export const METRICS_FORMATS = ["off", "emf"] as const;
+export type MetricsFormat = (typeof METRICS_FORMATS)[number];
 /** `AWS_LAMBDA_INITIALIZATION_TYPE`, which changes how the lifecycle behaves (SPEC §4). */
 export type InitializationType = "on-demand" | "provisioned-concurrency" | "snap-start" | "lambda-managed-instances";
 
@@ -35,6 +38,9 @@ export interface Config {
   readonly logLevel: LogLevel;
   readonly region: string;
   readonly initializationType: InitializationType;
+  readonly metrics: MetricsFormat;
+  /** The CloudWatch namespace of the metric records. */
+  readonly metricsNamespace: string;
 }
 
 /**
@@ -67,6 +73,9 @@ export const DEFAULTS = Object.freeze({
   minTtlSeconds: 120,
   waitSeconds: 10,
   logLevel: "info" as LogLevel,
+  // Custom metrics are billed per metric and month: nobody pays for them without asking.
+  metrics: "off" as MetricsFormat,
+  metricsNamespace: "DatabricksTokenBroker",
 });
 
 /** STS `GetWebIdentityToken` accepts `DurationSeconds` from 60 to 3600 (STS API reference). */
@@ -84,6 +93,13 @@ const TARGET_KEYS = new Set(["host", "client_id", "account_id", "scope", "token_
 const ACCOUNT_ID = /^[A-Za-z0-9-]{1,128}$/;
 const NO_SPACE = /^[\x21-\x7e]+$/;
 const SCOPE = /^[\x21-\x7e]+( [\x21-\x7e]+)*$/;
+/**
+ * A CloudWatch namespace: up to 255 of alphanumerics, `.`, `-`, `_`, `/`, `#`, `:` and the
+ * space (CloudWatch concepts, "Namespaces"); the value is trimmed, so it neither starts nor ends
+ * with a space. `AWS/` is reserved for AWS's own services.
+ */
+const METRICS_NAMESPACE = /^[A-Za-z0-9._\/#:-]([A-Za-z0-9._\/#: -]{0,253}[A-Za-z0-9._\/#:-])?$/;
+const RESERVED_NAMESPACE_PREFIX = "AWS/";
 
 /**
  * The value of `DATABRICKS_AUTH_TYPE` that makes the Databricks SDKs and CLI use only the
@@ -542,6 +558,7 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
   const region = readRegion(env, problems);
   checkStsEndpoint(env, problems);
   const initializationType = readInitializationType(env);
+  const { metrics, metricsNamespace } = readMetrics(env, problems);
   throwIfAny(problems);
   const warnings = [...signingWarnings(options.signingAlgorithm), ...sdkWarnings(env, options.port, targets)];
 
@@ -560,6 +577,8 @@ export function parseConfig(env: NodeJS.ProcessEnv): ParsedConfig {
       logLevel,
       region,
       initializationType,
+      metrics,
+      metricsNamespace,
     }),
   });
 }
@@ -697,6 +716,21 @@ const STS_ENDPOINT_VARIABLES = ["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"] as c
 function checkStsEndpoint(env: NodeJS.ProcessEnv, problems: Problems): void {
   const variable = STS_ENDPOINT_VARIABLES.find((name) => env[name]);
   if (variable !== undefined) checkEndpoint(variable, env[variable] ?? "", problems);
+}
+
+/** The metrics switch and namespace; a namespace set beside metrics off is checked all the same, so turning them on later cannot fail. */
+function readMetrics(env: NodeJS.ProcessEnv, problems: Problems): { metrics: MetricsFormat; metricsNamespace: string } {
+  const metrics = readEnum(env, `${P}METRICS`, METRICS_FORMATS, DEFAULTS.metrics, problems, { normalise: (s) => s.toLowerCase() });
+  const name = `${P}METRICS_NAMESPACE`;
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return { metrics, metricsNamespace: DEFAULTS.metricsNamespace };
+  const namespace = raw.trim();
+  if (!METRICS_NAMESPACE.test(namespace)) {
+    problems.add(name, `must be a CloudWatch namespace: 1 to 255 letters, digits, spaces and . - _ / # : characters, got ${JSON.stringify(raw)}`);
+  } else if (namespace.startsWith(RESERVED_NAMESPACE_PREFIX)) {
+    problems.add(name, `must not start with ${RESERVED_NAMESPACE_PREFIX}, which CloudWatch reserves for AWS services, got ${JSON.stringify(raw)}`);
+  }
+  return { metrics, metricsNamespace: namespace };
 }
 
 function readInitializationType(env: NodeJS.ProcessEnv): InitializationType {

@@ -13,10 +13,11 @@ import type { HttpPost } from "./exchange.js";
 import { createTokenCache } from "./pipeline.js";
 import type { EventType, ExtensionsApi } from "./extensions-api.js";
 import { type Listener, listenOnLoopback } from "./listener.js";
-import type { Logger } from "./log.js";
+import { type Logger, writeStdout } from "./log.js";
+import { createMetrics, type Metrics } from "./metrics.js";
 import { logRefreshes } from "./refresh-log.js";
 import { deferStsPort, type GetWebIdentityToken } from "./sts.js";
-import type { TokenCache } from "./token-cache.js";
+import type { RefreshOutcome, TokenCache } from "./token-cache.js";
 
 /** The reason a SnapStart init refuses token requests: nothing is fetched before the snapshot. */
 const SNAPSTART_INIT = new BrokerError("ERR_SNAPSTART_INIT", "SnapStart: no token is fetched before the snapshot, so none is frozen into it", {
@@ -45,6 +46,8 @@ export interface RunOptions {
   loadSts: (region: string) => Promise<GetWebIdentityToken>;
   fetch: HttpPost;
   now?: () => number;
+  /** Where the logger's lines go: metric records are written there too, past the log level. */
+  write?: (line: string) => void;
 }
 
 /** Runs until SHUTDOWN; resolves with the process exit code. */
@@ -86,18 +89,21 @@ async function idle(api: ExtensionsApi, log: Logger, enabledValue: string | unde
  * The enabled broker's start-up, step by step: listen on 127.0.0.1, register (binding ::1
  * meanwhile), and once the first `event/next` is out, prefetch and load the app; then events.
  */
-async function runBroker(config: Config, { managed, events }: { managed: boolean; events: EventType[] }, log: Logger, { env, api, loadSts, fetch, now = Date.now }: RunOptions): Promise<number> {
+async function runBroker(config: Config, { managed, events }: { managed: boolean; events: EventType[] }, log: Logger, { env, api, loadSts, fetch, now = Date.now, write = writeStdout }: RunOptions): Promise<number> {
   const snapStart = config.initializationType === "snap-start";
   const sts = deferStsPort(() => loadSts(config.region));
   // The app loads once the first exchange is on its way, so that its loading takes the CPU
   // while the exchange waits on the network, not while the STS request is being built.
   let exchangeStarted = () => {};
   const firstExchange = new Promise<void>((resolve) => (exchangeStarted = resolve));
-  const cache = createTokenCache(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch, log, now, onRefresh: logRefreshes(log), onExchangeStart: () => exchangeStarted() });
+  const metrics = metricsOf(config, env, write, now);
+  const onRefresh = reportRefreshes(log, metrics);
+  const cache = createTokenCache(config, { getWebIdentityToken: sts.getWebIdentityToken, fetch, log, now, onRefresh, onExchangeStart: () => exchangeStarted() });
   if (snapStart) cache.suspend(SNAPSTART_INIT);
   // Requests that arrive before the app is loaded are held by the listener, then answered by it.
   let app: Promise<FastifyInstance | undefined> | undefined;
-  const loadApp = () => (app ??= serve(listener, log, { config, cache, sessionToken: env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined, log, now }));
+  const sessionToken = env.AWS_SESSION_TOKEN || env.AWS_CONTAINER_AUTHORIZATION_TOKEN || undefined;
+  const loadApp = () => (app ??= serve(listener, log, { config, cache, sessionToken, log, now, countServed: metrics?.served }));
 
   let listener: Listener;
   try {
@@ -130,7 +136,25 @@ async function runBroker(config: Config, { managed, events }: { managed: boolean
     if (!snapStart) cache.refreshDue();
     void Promise.race([firstExchange, cache.settled()]).then(loadApp);
   });
-  return handleEvents({ api, cache, log, now, snapStart, managed, listener, app: loadApp, startServing });
+  return handleEvents({ api, cache, log, now, snapStart, managed, listener, app: loadApp, startServing, metrics });
+}
+
+/** The metrics of SPEC §8 when `DATABRICKS_TOKEN_BROKER_METRICS=emf`, else none, so nothing is counted. */
+function metricsOf(config: Config, env: NodeJS.ProcessEnv, write: (line: string) => void, now: () => number): Metrics | undefined {
+  if (config.metrics !== "emf") return undefined;
+  // Lambda sets it; a dimension value cannot be empty, so a run outside Lambda says so instead.
+  const functionName = env.AWS_LAMBDA_FUNCTION_NAME?.trim() || "outside-lambda";
+  return createMetrics({ namespace: config.metricsNamespace, functionName, targets: config.targets.keys(), write, now });
+}
+
+/** The token cache's `onRefresh`: the log line of each refresh, and its metric record when metrics are on. */
+function reportRefreshes(log: Logger, metrics: Metrics | undefined): (outcome: RefreshOutcome) => void {
+  const logged = logRefreshes(log);
+  if (!metrics) return logged;
+  return (o) => {
+    logged(o);
+    metrics.onRefresh(o);
+  };
 }
 
 /** `fn` on its first call only. */
@@ -181,10 +205,12 @@ interface EventLoop {
   app: () => Promise<FastifyInstance | undefined>;
   /** Run once the first `event/next` is out (or, for a client that does not report it, answered). */
   startServing: () => void;
+  /** Flushed at each INVOKE and at SHUTDOWN, so the tokens served make one record per target, not one per request. */
+  metrics: Metrics | undefined;
 }
 
 /** Refreshes on each INVOKE and settles before the next event; ends on SHUTDOWN. */
-async function handleEvents({ api, cache, log, now, snapStart, managed, listener, app, startServing }: EventLoop): Promise<number> {
+async function handleEvents({ api, cache, log, now, snapStart, managed, listener, app, startServing, metrics }: EventLoop): Promise<number> {
   const sweep = managed ? setInterval(() => cache.refreshDue(), REFRESH_SWEEP_MS).unref() : undefined;
   for (;;) {
     const event = await api.next(startServing);
@@ -195,8 +221,11 @@ async function handleEvents({ api, cache, log, now, snapStart, managed, listener
       log.info("shutting down", { reason: event.shutdownReason, budgetMs: budget });
       // Requests still waiting for a token must not hold the exit past the deadline.
       await Promise.race([stop(listener, app()), new Promise((r) => setTimeout(r, budget).unref())]);
+      metrics?.flush({ last: true });
       return 0;
     }
+    // The tokens served since the last INVOKE: the previous invoke's are all answered by now.
+    metrics?.flush();
     if (snapStart) cache.resume();
     cache.refreshDue();
     // Lambda may freeze as soon as we ask for the next event: let no refresh freeze half-way.

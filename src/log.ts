@@ -53,8 +53,11 @@ export interface LoggerOptions {
   now?: () => number;
 }
 
+/** Where log lines go unless told otherwise, and metric records with them (SPEC §6, §8). */
+export const writeStdout = (line: string): void => void process.stdout.write(line);
+
 /** A logger that writes JSON lines at or above `level`. */
-export function createLogger({ level, write = (l) => process.stdout.write(l), now = Date.now }: LoggerOptions): Logger {
+export function createLogger({ level, write = writeStdout, now = Date.now }: LoggerOptions): Logger {
   const min = RANK[level];
   const emit = (lvl: LogLevel) => (msg: string, fields?: Fields) => {
     if (RANK[lvl] < min) return;

@@ -39,7 +39,7 @@ export const FRESH_ENOUGH_MS = 5_000;
 /** How one upstream attempt ended, for the caller to log or count; never sent anywhere by the cache. */
 export type RefreshOutcome =
   | { ok: true; target: string; at: number; token: AccessToken; ms: number }
-  | { ok: false; target: string; at: number; error: BrokerError; failures: number; retryInMs: number };
+  | { ok: false; target: string; at: number; error: BrokerError; failures: number; retryInMs: number; ms: number };
 
 export interface TokenCacheOptions {
   targets: ReadonlyMap<string, Target>;
@@ -183,7 +183,7 @@ export class TokenCache {
     try {
       token = this.#checkLifetime(await this.#source(target, signal));
     } catch (err) {
-      throw this.#failed(target, key, err);
+      throw this.#failed(target, key, err, started);
     }
     const now = this.#now();
     options.ttl = Math.max(1, this.#refreshAt(token) - now);
@@ -210,7 +210,7 @@ export class TokenCache {
   }
 
   /** Records a failed attempt and when the next may start: backoff when retryable, else the cooldown. */
-  #failed(target: Target, key: string, err: unknown): BrokerError {
+  #failed(target: Target, key: string, err: unknown, started: number): BrokerError {
     const e = isBrokerError(err)
       ? err
       : new BrokerError("ERR_EXCHANGE_UNAVAILABLE", `refresh failed: ${(err as Error)?.message ?? String(err)}`, { step: "token", retryable: true, cause: err });
@@ -223,7 +223,7 @@ export class TokenCache {
     st.nextAttemptAt = now + (e.retryable ? st.lastBackoffMs : COOLDOWN_MS);
     st.pullable = e.throttled && !st.pulled;
     st.pulled = false;
-    this.#onRefresh({ ok: false, target: target.name, at: now, error: e, failures: st.failures, retryInMs: st.nextAttemptAt - now });
+    this.#onRefresh({ ok: false, target: target.name, at: now, error: e, failures: st.failures, retryInMs: st.nextAttemptAt - now, ms: now - started });
     return e;
   }
 

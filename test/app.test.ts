@@ -10,7 +10,7 @@ const SESSION = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN";
 const HOST = "https://dbc-1234.cloud.databricks.com";
 const T0 = Date.UTC(2026, 10, 29, 12);
 
-function setup(fail?: () => BrokerError, session: { token: string | undefined } = { token: SESSION }) {
+function setup(fail?: () => BrokerError, session: { token: string | undefined } = { token: SESSION }, countServed?: (target: string) => void) {
   const parsed = parseConfig({
     DATABRICKS_TOKEN_BROKER_ENABLED: "true",
     DATABRICKS_HOST: HOST,
@@ -32,7 +32,7 @@ function setup(fail?: () => BrokerError, session: { token: string | undefined } 
       return { accessToken: `dapi-${target.name}-${n}`, tokenType: "Bearer", scope: target.scope, issuedAt: clock.t, expiresAt: clock.t + 3_600_000 };
     },
   });
-  const app = buildApp({ config: parsed.config, cache, sessionToken: session.token, log: silentLogger, now: () => clock.t });
+  const app = buildApp({ config: parsed.config, cache, sessionToken: session.token, log: silentLogger, now: () => clock.t, countServed });
   apps.push(app);
   return { app, clock };
 }
@@ -323,5 +323,28 @@ describe("every route", () => {
       expect(r.json()).toMatchObject({ error: "bad_request" });
       expect(r.body).not.toContain("dapi-");
     }
+  });
+});
+
+describe("counting tokens served, for the metrics (SPEC §8)", () => {
+  it("counts each token answered, by target, on both routes, and nothing else", async () => {
+    const served: string[] = [];
+    const { app } = setup(undefined, { token: SESSION }, (target) => served.push(target));
+    expect((await app.inject({ url: "/token", headers: auth })).statusCode).toBe(200); // waits for the first token
+    expect((await app.inject({ url: "/token", headers: auth })).statusCode).toBe(200); // the cached one
+    expect((await app.inject({ url: "/token/acct", headers: auth })).statusCode).toBe(200);
+    expect((await app.inject({ url: "/metadata", headers: meta })).statusCode).toBe(200);
+    expect((await app.inject({ url: "/token" })).statusCode).toBe(401);
+    expect((await app.inject({ url: "/token/nope", headers: auth })).statusCode).toBe(404);
+    expect((await app.inject({ url: "/metadata", headers: { ...meta, "x-databricks-host": "https://other.cloud.databricks.com" } })).statusCode).toBe(403);
+    expect((await app.inject({ url: "/health" })).statusCode).toBe(200);
+    expect(served).toEqual(["default", "default", "acct", "default"]);
+  });
+
+  it("counts no 503", async () => {
+    const served: string[] = [];
+    const { app } = setup(() => new BrokerError("ERR_STS_UNAVAILABLE", "STS is down", { step: "sts", retryable: true }), { token: SESSION }, (t) => served.push(t));
+    expect((await app.inject({ url: "/token", headers: auth })).statusCode).toBe(503);
+    expect(served).toEqual([]);
   });
 });

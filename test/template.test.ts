@@ -9,6 +9,8 @@ import AjvDraft04 from "ajv-draft-04";
 import { describe, expect, it } from "vitest";
 import { parse, type ScalarTag, type CollectionTag, type YAMLSeq } from "yaml";
 import { ARTIFACTS } from "../layer/build.mjs";
+import { DEFAULTS } from "../src/config.js";
+import { DIMENSIONS, METRICS } from "../src/metrics.js";
 import { ROOT } from "./stack.js";
 
 const SHARED = join(ROOT, "..", "shared");
@@ -155,6 +157,35 @@ describe("template.yaml", () => {
     for (const text of pointed) {
       expect(text).toContain("DATABRICKS_AUTH_TYPE=metadata-service");
       expect(text).toContain("DATABRICKS_HOST");
+    }
+  });
+
+  it("with BrokerMetrics=emf, writes metrics and alarms on each example function's refresh failures (issue 16, section 2)", () => {
+    const parameters = template.Parameters as Record<string, Json>;
+    expect(parameters.BrokerMetrics).toMatchObject({ Default: "off", AllowedValues: ["off", "emf"] });
+    expect(globalVariables.DATABRICKS_TOKEN_BROKER_METRICS).toEqual({ Ref: "BrokerMetrics" });
+    expect((template.Conditions as Json).MetricsOn).toEqual({ "Fn::Equals": [{ Ref: "BrokerMetrics" }, "emf"] });
+    const alarms = ofType("AWS::CloudWatch::Alarm");
+    const functions = ofType("AWS::Serverless::Function").map(([name]) => name);
+    // One per function, each on that function's own metric: the alarm's dimensions are the records' exactly.
+    expect(alarms.map(([, a]) => (a.Properties.Dimensions as { Value: unknown }[])[0]!.Value).sort()).toEqual(functions.map((f) => ({ Ref: f })).sort());
+    for (const [name, alarm] of alarms) {
+      expect((alarm as unknown as { Condition: string }).Condition, name).toBe("MetricsOn");
+      const p = alarm.Properties;
+      expect(p, name).toMatchObject({
+        Namespace: DEFAULTS.metricsNamespace,
+        MetricName: "RefreshFailure",
+        Statistic: "Sum",
+        Period: 300,
+        EvaluationPeriods: 1,
+        Threshold: 0,
+        ComparisonOperator: "GreaterThanThreshold",
+        TreatMissingData: "notBreaching",
+        AlarmActions: { "Fn::If": ["HasAlarmTopic", [{ Ref: "AlarmTopicArn" }], { Ref: "AWS::NoValue" }] },
+      });
+      expect(METRICS).toHaveProperty(String(p.MetricName));
+      expect((p.Dimensions as { Name: string }[]).map((d) => d.Name)).toEqual([...DIMENSIONS]);
+      expect((p.Dimensions as { Name: string; Value: unknown }[])[1]).toEqual({ Name: "Target", Value: "default" });
     }
   });
 });
