@@ -1,0 +1,200 @@
+/**
+ * An AWS CDK v2 construct that does for a CDK app what template.yaml does for SAM (SPEC §7):
+ * it publishes the broker's layers from the zips `npm run build` writes, and `addFunction`
+ * attaches the right one, sets the function's environment and grants the conditioned
+ * `sts:GetWebIdentityToken`. `aws-cdk-lib` and `constructs` are peer dependencies; the layer's
+ * bundle (layer/build.mjs builds extension/ and src/) never imports this file.
+ */
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { RemovalPolicy, Token } from "aws-cdk-lib";
+import * as iam from "aws-cdk-lib/aws-iam";
+import * as lambda from "aws-cdk-lib/aws-lambda";
+import { Construct } from "constructs";
+
+/** Props of {@link DatabricksTokenBroker}. */
+export interface DatabricksTokenBrokerProps {
+  /** `DATABRICKS_HOST`: the workspace URL, or `https://accounts.cloud.databricks.com` with `accountId`. */
+  readonly host: string;
+  /** `DATABRICKS_CLIENT_ID`: the service principal whose federation policy trusts the role; omit for an account-wide policy. */
+  readonly clientId?: string;
+  /** `DATABRICKS_ACCOUNT_ID`: required only when `host` is an accounts host. */
+  readonly accountId?: string;
+  /**
+   * The audience of the AWS-signed JWT (`DATABRICKS_TOKEN_BROKER_AUDIENCE`), and the value
+   * the role's policy allows for `sts:IdentityTokenAudience`.
+   * @default "databricks"
+   */
+  readonly audience?: string;
+  /**
+   * Lifetime asked of STS for the JWT (`DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS`), and
+   * the most the role's policy allows for `sts:DurationSeconds`; 60 to 3600.
+   * @default 300
+   */
+  readonly stsDurationSeconds?: number;
+  /**
+   * The directory holding the zips `npm run build` writes (layer.zip,
+   * layer-with-node-x86_64.zip, layer-with-node-arm64.zip).
+   * @default the repository's dist/
+   */
+  readonly layerZipDir?: string;
+  /**
+   * Other `DATABRICKS_TOKEN_BROKER_*` options (README, Configuration), set on every function
+   * added. Not the audience or STS duration: those are props, because the policy follows them.
+   * @default none
+   */
+  readonly environment?: { readonly [name: string]: string };
+}
+
+/** The three layers the build writes (layer/build.mjs ARTIFACTS). */
+type Flavour = "node" | "with-node-x86_64" | "with-node-arm64";
+
+const ZIPS: Record<Flavour, string> = {
+  node: "layer.zip",
+  "with-node-x86_64": "layer-with-node-x86_64.zip",
+  "with-node-arm64": "layer-with-node-arm64.zip",
+};
+
+/**
+ * Node.js runtimes the plain layer runs on: the bundle uses the function's own Node.js, and
+ * needs 20 or later (package.json engines). nodejs18.x is refused.
+ */
+const NODE_RUNTIMES = [lambda.Runtime.NODEJS_24_X, lambda.Runtime.NODEJS_22_X, lambda.Runtime.NODEJS_20_X];
+
+/**
+ * Runtimes on Amazon Linux 2023, where the with-Node.js flavour's Node.js 24 runs. Those on
+ * Amazon Linux 2 (provided.al2, python3.9 to 3.11, java8.al2, java11, java17) have a glibc
+ * too old for it ("Lambda runtimes" in the AWS Lambda Developer Guide lists each one's OS).
+ * template.yaml's CompatibleRuntimes, plus python3.14 and java25, also on AL2023.
+ */
+const WITH_NODE_RUNTIMES = [
+  lambda.Runtime.PYTHON_3_14,
+  lambda.Runtime.PYTHON_3_13,
+  lambda.Runtime.PYTHON_3_12,
+  lambda.Runtime.JAVA_25,
+  lambda.Runtime.JAVA_21,
+  lambda.Runtime.PROVIDED_AL2023,
+];
+
+const ENV_PREFIX = "DATABRICKS_TOKEN_BROKER_";
+/** Where the Databricks SDKs and CLI find the broker (README, "Set up on AWS" step 4; SPEC §5). */
+const METADATA_SERVICE_URL = "http://localhost:2775/metadata";
+/** STS's bounds for GetWebIdentityToken's DurationSeconds, as src/config.ts checks them. */
+const STS_DURATION_RANGE = [60, 3600] as const;
+/** template.yaml's AllowedPattern for DatabricksHost. */
+const HOST_PATTERN = /^https:\/\/[A-Za-z0-9.-]+(:[0-9]+)?\/?$/;
+
+/** Publishes the broker's layers and equips Lambda functions to use it. */
+export class DatabricksTokenBroker extends Construct {
+  /** The variables `addFunction` sets on each function. */
+  public readonly environment: { readonly [name: string]: string };
+  /** The statement `addFunction` adds to each function's role. */
+  public readonly policyStatement: iam.PolicyStatement;
+  private readonly layerZipDir: string;
+  private readonly layers = new Map<Flavour, lambda.LayerVersion>();
+
+  constructor(scope: Construct, id: string, props: DatabricksTokenBrokerProps) {
+    super(scope, id);
+    const audience = props.audience ?? "databricks";
+    const stsDurationSeconds = props.stsDurationSeconds ?? 300;
+    validate(props, audience, stsDurationSeconds);
+    this.layerZipDir = props.layerZipDir ?? join(dirname(fileURLToPath(import.meta.url)), "..", "dist");
+    this.environment = Object.freeze({
+      ...props.environment,
+      DATABRICKS_TOKEN_BROKER_ENABLED: "true",
+      DATABRICKS_HOST: props.host,
+      ...(props.clientId === undefined ? {} : { DATABRICKS_CLIENT_ID: props.clientId }),
+      ...(props.accountId === undefined ? {} : { DATABRICKS_ACCOUNT_ID: props.accountId }),
+      DATABRICKS_TOKEN_BROKER_AUDIENCE: audience,
+      DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: String(stsDurationSeconds),
+      DATABRICKS_METADATA_SERVICE_URL: METADATA_SERVICE_URL,
+      DATABRICKS_AUTH_TYPE: "metadata-service",
+    });
+    // The same statement and conditions as template.yaml's (README, "Set up on AWS" step 2).
+    this.policyStatement = new iam.PolicyStatement({
+      sid: "SignOwnIdentityForDatabricks",
+      effect: iam.Effect.ALLOW,
+      actions: ["sts:GetWebIdentityToken"],
+      resources: ["*"],
+      conditions: {
+        "ForAllValues:StringEquals": { "sts:IdentityTokenAudience": audience },
+        NumericLessThanEquals: { "sts:DurationSeconds": stsDurationSeconds },
+      },
+    });
+  }
+
+  /**
+   * Attaches the layer for `fn`'s runtime and architecture, sets the environment and adds the
+   * policy to its role. Throws at synth for a runtime the layer cannot serve.
+   */
+  public addFunction(fn: lambda.Function): void {
+    fn.addLayers(this.layerFor(flavourOf(fn)));
+    for (const [name, value] of Object.entries(this.environment)) fn.addEnvironment(name, value);
+    fn.addToRolePolicy(this.policyStatement);
+  }
+
+  /** One LayerVersion per flavour, however many functions share it. */
+  private layerFor(flavour: Flavour): lambda.LayerVersion {
+    const existing = this.layers.get(flavour);
+    if (existing) return existing;
+    const zip = join(this.layerZipDir, ZIPS[flavour]);
+    if (!existsSync(zip)) throw new Error(`DatabricksTokenBroker: ${zip} does not exist; build the layers first (npm run build) or set layerZipDir`);
+    const node = flavour === "node";
+    const layer = new lambda.LayerVersion(this, node ? "Layer" : flavour === "with-node-x86_64" ? "LayerWithNodeX86" : "LayerWithNodeArm64", {
+      code: lambda.Code.fromAsset(zip),
+      description: node
+        ? "Databricks OAuth token broker extension (uses the runtime's Node.js)"
+        : `Databricks OAuth token broker extension with Node.js (${flavour === "with-node-x86_64" ? "x86_64" : "arm64"})`,
+      compatibleRuntimes: node ? NODE_RUNTIMES : WITH_NODE_RUNTIMES,
+      compatibleArchitectures: node
+        ? [lambda.Architecture.X86_64, lambda.Architecture.ARM_64]
+        : [flavour === "with-node-x86_64" ? lambda.Architecture.X86_64 : lambda.Architecture.ARM_64],
+      license: node ? "Apache-2.0" : "Apache-2.0 AND MIT",
+      // As template.yaml: a version a function still uses stays when the stack changes.
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    this.layers.set(flavour, layer);
+    return layer;
+  }
+}
+
+/** The layer flavour a function needs, or an error naming its runtime and what to use instead. */
+function flavourOf(fn: lambda.Function): Flavour {
+  const runtime = fn.runtime.name;
+  if (NODE_RUNTIMES.some((r) => r.name === runtime)) return "node";
+  if (WITH_NODE_RUNTIMES.some((r) => r.name === runtime)) {
+    const arch = fn.architecture.name;
+    if (arch === lambda.Architecture.X86_64.name) return "with-node-x86_64";
+    if (arch === lambda.Architecture.ARM_64.name) return "with-node-arm64";
+    throw new Error(`DatabricksTokenBroker: function ${fn.node.path} has architecture ${arch}; the layer serves x86_64 and arm64`);
+  }
+  const supported = [...NODE_RUNTIMES, ...WITH_NODE_RUNTIMES].map((r) => r.name).join(", ");
+  throw new Error(
+    `DatabricksTokenBroker: function ${fn.node.path} uses runtime ${runtime}, which the layer cannot serve ` +
+      `(Amazon Linux 2 runtimes such as provided.al2, and Node.js before 20, cannot run it); ` +
+      `use one of ${supported}`,
+  );
+}
+
+/** Eager checks of the props, each naming the prop. */
+function validate(props: DatabricksTokenBrokerProps, audience: string, stsDurationSeconds: number): void {
+  if (!Token.isUnresolved(props.host) && !HOST_PATTERN.test(props.host)) {
+    throw new Error(`DatabricksTokenBroker: host must be an https:// URL with no path, got ${JSON.stringify(props.host)}`);
+  }
+  if (!Token.isUnresolved(audience) && (audience === "" || /\s/.test(audience))) {
+    throw new Error(`DatabricksTokenBroker: audience must be one audience string without spaces, got ${JSON.stringify(audience)}`);
+  }
+  const [min, max] = STS_DURATION_RANGE;
+  if (!Token.isUnresolved(stsDurationSeconds) && (!Number.isInteger(stsDurationSeconds) || stsDurationSeconds < min || stsDurationSeconds > max)) {
+    throw new Error(`DatabricksTokenBroker: stsDurationSeconds must be a whole number from ${min} to ${max}, got ${stsDurationSeconds}`);
+  }
+  const managed = new Set([`${ENV_PREFIX}ENABLED`, `${ENV_PREFIX}AUDIENCE`, `${ENV_PREFIX}STS_DURATION_SECONDS`]);
+  for (const name of Object.keys(props.environment ?? {})) {
+    if (!name.startsWith(ENV_PREFIX) || managed.has(name)) {
+      throw new Error(
+        `DatabricksTokenBroker: environment may hold only ${ENV_PREFIX}* options other than ENABLED, AUDIENCE and STS_DURATION_SECONDS (set by the construct), got ${name}`,
+      );
+    }
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * The CDK construct (issue 16 §1, SPEC §7) synthesized with aws-cdk-lib's assertions.
+ *
+ * `Code.fromAsset` needs the layer zips to exist at synth but never looks inside a .zip, so
+ * the tests point `layerZipDir` at a temporary directory of small placeholder zips (an empty
+ * archive each) rather than building the real layers. What goes into the real zips is
+ * test/layer.test.ts's and test/flavours.test.ts's business.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { App, Stack } from "aws-cdk-lib";
+import { Match, Template } from "aws-cdk-lib/assertions";
+import * as lambda from "aws-cdk-lib/aws-lambda";
+import { afterAll, describe, expect, it } from "vitest";
+import { parseDocument } from "yaml";
+import { DatabricksTokenBroker, type DatabricksTokenBrokerProps } from "../cdk/index.js";
+import { ARTIFACTS } from "../layer/build.mjs";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** An empty zip archive: only the end-of-central-directory record. */
+const EMPTY_ZIP = Buffer.from([0x50, 0x4b, 0x05, 0x06, ...new Array<number>(18).fill(0)]);
+
+const zipDir = mkdtempSync(join(tmpdir(), "dtb-cdk-"));
+for (const name of ARTIFACTS) writeFileSync(join(zipDir, name), EMPTY_ZIP);
+afterAll(() => rmSync(zipDir, { recursive: true, force: true }));
+
+const HOST = "https://dbc-1234.cloud.databricks.com";
+
+function stackWithBroker(props: Partial<DatabricksTokenBrokerProps> = {}) {
+  // Asset staging would copy the zips into cdk.out; the logical IDs are all we check. The
+  // output directory (where synth writes its validation report) goes with the temp dir.
+  const app = new App({ outdir: mkdtempSync(join(zipDir, "cdk.out-")), context: { "aws:cdk:disable-asset-staging": true } });
+  const stack = new Stack(app, "Test");
+  const broker = new DatabricksTokenBroker(stack, "Broker", { host: HOST, layerZipDir: zipDir, ...props });
+  return { stack, broker };
+}
+
+/** A function of this runtime; its code is a placeholder zip too (inline code exists only for some runtimes). */
+function fn(stack: Stack, id: string, runtime: lambda.Runtime, architecture = lambda.Architecture.X86_64) {
+  return new lambda.Function(stack, id, { runtime, architecture, handler: "index.handler", code: lambda.Code.fromAsset(join(zipDir, "layer.zip")) });
+}
+
+/** The logical ID of the one LayerVersion with this compatible architectures list. */
+function layerId(template: Template, runtimes: string[], architectures: string[]): string {
+  const found = template.findResources("AWS::Lambda::LayerVersion", {
+    Properties: { CompatibleRuntimes: Match.arrayWith(runtimes), CompatibleArchitectures: architectures },
+  });
+  const ids = Object.keys(found);
+  expect(ids).toHaveLength(1);
+  return ids[0]!;
+}
+
+function layersOf(template: Template, functionId: string): unknown {
+  const resource = template.toJSON().Resources[functionId] as { Properties: { Layers?: unknown } };
+  return resource.Properties.Layers;
+}
+
+const logicalId = (stack: Stack, f: lambda.Function) => stack.getLogicalId(f.node.defaultChild as lambda.CfnFunction);
+
+describe("DatabricksTokenBroker.addFunction picks the layer", () => {
+  it("gives a Python x86_64 function the x86_64 with-Node.js layer", () => {
+    const { stack, broker } = stackWithBroker();
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13, lambda.Architecture.X86_64);
+    broker.addFunction(f);
+    const template = Template.fromStack(stack);
+    const id = layerId(template, ["python3.13", "provided.al2023"], ["x86_64"]);
+    expect(layersOf(template, logicalId(stack, f))).toEqual([{ Ref: id }]);
+    template.hasResourceProperties("AWS::Lambda::LayerVersion", { LicenseInfo: "Apache-2.0 AND MIT", CompatibleArchitectures: ["x86_64"] });
+  });
+
+  it("gives an arm64 Python function the arm64 with-Node.js layer", () => {
+    const { stack, broker } = stackWithBroker();
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_12, lambda.Architecture.ARM_64);
+    broker.addFunction(f);
+    const template = Template.fromStack(stack);
+    const id = layerId(template, ["python3.12"], ["arm64"]);
+    expect(layersOf(template, logicalId(stack, f))).toEqual([{ Ref: id }]);
+  });
+
+  it("gives a Node.js 22 function the plain layer, for both architectures", () => {
+    const { stack, broker } = stackWithBroker();
+    const f = fn(stack, "Node", lambda.Runtime.NODEJS_22_X, lambda.Architecture.ARM_64);
+    broker.addFunction(f);
+    const template = Template.fromStack(stack);
+    const id = layerId(template, ["nodejs22.x"], ["x86_64", "arm64"]);
+    expect(layersOf(template, logicalId(stack, f))).toEqual([{ Ref: id }]);
+    template.hasResourceProperties("AWS::Lambda::LayerVersion", { LicenseInfo: "Apache-2.0", CompatibleRuntimes: ["nodejs24.x", "nodejs22.x", "nodejs20.x"] });
+  });
+
+  it("gives java21 and provided.al2023 the with-Node.js layer", () => {
+    const { stack, broker } = stackWithBroker();
+    broker.addFunction(fn(stack, "Java", lambda.Runtime.JAVA_21, lambda.Architecture.ARM_64));
+    broker.addFunction(fn(stack, "Rust", lambda.Runtime.PROVIDED_AL2023, lambda.Architecture.ARM_64));
+    Template.fromStack(stack).resourceCountIs("AWS::Lambda::LayerVersion", 1);
+  });
+
+  it("creates one LayerVersion per flavour, however many functions share it", () => {
+    const { stack, broker } = stackWithBroker();
+    for (const i of [1, 2, 3]) {
+      broker.addFunction(fn(stack, `Py${i}`, lambda.Runtime.PYTHON_3_13, lambda.Architecture.X86_64));
+      broker.addFunction(fn(stack, `Arm${i}`, lambda.Runtime.PYTHON_3_13, lambda.Architecture.ARM_64));
+      broker.addFunction(fn(stack, `Node${i}`, lambda.Runtime.NODEJS_24_X));
+    }
+    const template = Template.fromStack(stack);
+    template.resourceCountIs("AWS::Lambda::LayerVersion", 3);
+    template.resourceCountIs("AWS::Lambda::Function", 9);
+  });
+
+  it("creates no layer until a function needs one", () => {
+    const { stack } = stackWithBroker();
+    Template.fromStack(stack).resourceCountIs("AWS::Lambda::LayerVersion", 0);
+  });
+
+  it.each([
+    [lambda.Runtime.PROVIDED_AL2, "provided.al2"],
+    [lambda.Runtime.NODEJS_18_X, "nodejs18.x"],
+    [lambda.Runtime.PYTHON_3_11, "python3.11"],
+    [lambda.Runtime.JAVA_17, "java17"],
+    [lambda.Runtime.DOTNET_8, "dotnet8"],
+  ])("refuses %s at addFunction, naming the runtime and what to use", (runtime, name) => {
+    const { stack, broker } = stackWithBroker();
+    const f = fn(stack, "Old", runtime);
+    expect(() => broker.addFunction(f)).toThrow(
+      new RegExp(`function Test/Old uses runtime ${name.replace(".", "\\.")}, which the layer cannot serve.*use one of nodejs24\\.x, .*provided\\.al2023`),
+    );
+    Template.fromStack(stack).resourceCountIs("AWS::Lambda::LayerVersion", 0);
+  });
+
+  it("says to build the layers when a zip is missing", () => {
+    const empty = mkdtempSync(join(tmpdir(), "dtb-cdk-empty-"));
+    try {
+      const { stack, broker } = stackWithBroker({ layerZipDir: empty });
+      expect(() => broker.addFunction(fn(stack, "Node", lambda.Runtime.NODEJS_22_X))).toThrow(/layer\.zip does not exist; build the layers first \(npm run build\)/);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("DatabricksTokenBroker.addFunction sets the environment", () => {
+  it("sets the broker's and the SDKs' variables, and props.environment", () => {
+    const { stack, broker } = stackWithBroker({
+      clientId: "6f1c0a5e-0000-0000-0000-000000000000",
+      accountId: "0d26daa6-0000-0000-0000-000000000000",
+      environment: { DATABRICKS_TOKEN_BROKER_LOG_LEVEL: "debug" },
+    });
+    broker.addFunction(fn(stack, "Py", lambda.Runtime.PYTHON_3_13));
+    Template.fromStack(stack).hasResourceProperties("AWS::Lambda::Function", {
+      Environment: {
+        Variables: {
+          DATABRICKS_TOKEN_BROKER_ENABLED: "true",
+          DATABRICKS_HOST: HOST,
+          DATABRICKS_CLIENT_ID: "6f1c0a5e-0000-0000-0000-000000000000",
+          DATABRICKS_ACCOUNT_ID: "0d26daa6-0000-0000-0000-000000000000",
+          DATABRICKS_TOKEN_BROKER_AUDIENCE: "databricks",
+          DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: "300",
+          DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata",
+          DATABRICKS_AUTH_TYPE: "metadata-service",
+          DATABRICKS_TOKEN_BROKER_LOG_LEVEL: "debug",
+        },
+      },
+    });
+  });
+
+  it("leaves out DATABRICKS_CLIENT_ID and DATABRICKS_ACCOUNT_ID when not given, and keeps the function's own variables", () => {
+    const { stack, broker } = stackWithBroker();
+    const f = new lambda.Function(stack, "Node", {
+      runtime: lambda.Runtime.NODEJS_22_X,
+      handler: "index.handler",
+      code: lambda.Code.fromInline("x"),
+      environment: { APP_SETTING: "1" },
+    });
+    broker.addFunction(f);
+    const template = Template.fromStack(stack).toJSON();
+    const variables = template.Resources[logicalId(stack, f)].Properties.Environment.Variables as Record<string, string>;
+    expect(variables.APP_SETTING).toBe("1");
+    expect(Object.keys(variables)).not.toContain("DATABRICKS_CLIENT_ID");
+    expect(Object.keys(variables)).not.toContain("DATABRICKS_ACCOUNT_ID");
+  });
+
+  it.each([
+    [{ host: "http://dbc-1234.cloud.databricks.com" }, /host must be an https:\/\/ URL/],
+    [{ stsDurationSeconds: 30 }, /stsDurationSeconds must be a whole number from 60 to 3600, got 30/],
+    [{ audience: "two words" }, /audience must be one audience string without spaces/],
+    [{ environment: { DATABRICKS_TOKEN_BROKER_AUDIENCE: "x" } }, /environment may hold only .* got DATABRICKS_TOKEN_BROKER_AUDIENCE/],
+    [{ environment: { DATABRICKS_HOST: "x" } }, /got DATABRICKS_HOST/],
+  ])("refuses props %j", (props, message) => {
+    expect(() => stackWithBroker(props)).toThrow(message);
+  });
+});
+
+describe("DatabricksTokenBroker.addFunction grants sts:GetWebIdentityToken", () => {
+  /** template.yaml's statement, read as data (its short tags are outside the part read). */
+  const samStatement = (() => {
+    const doc = parseDocument(readFileSync(join(ROOT, "template.yaml"), "utf8"));
+    const policies = doc.getIn(["Resources", "PythonExampleFunction", "Properties", "Policies"]) as { toJSON(): unknown };
+    return (policies.toJSON() as { Statement: Record<string, unknown>[] }[])[0]!.Statement[0]!;
+  })();
+
+  it("adds the statement of template.yaml, conditions and all, to the function's role", () => {
+    expect(samStatement.Condition).toEqual({
+      "ForAllValues:StringEquals": { "sts:IdentityTokenAudience": "databricks" },
+      NumericLessThanEquals: { "sts:DurationSeconds": 300 },
+    });
+    const { stack, broker } = stackWithBroker();
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
+    broker.addFunction(f);
+    const template = Template.fromStack(stack);
+    template.hasResourceProperties("AWS::IAM::Policy", {
+      PolicyDocument: { Statement: [samStatement] },
+      Roles: [{ Ref: stack.getLogicalId(f.role!.node.defaultChild as never) }],
+    });
+  });
+
+  it("follows the audience and STS duration props in the conditions", () => {
+    const { stack, broker } = stackWithBroker({ audience: "my-audience", stsDurationSeconds: 900 });
+    broker.addFunction(fn(stack, "Py", lambda.Runtime.PYTHON_3_13));
+    Template.fromStack(stack).hasResourceProperties("AWS::IAM::Policy", {
+      PolicyDocument: {
+        Statement: [
+          Match.objectLike({
+            Condition: {
+              "ForAllValues:StringEquals": { "sts:IdentityTokenAudience": "my-audience" },
+              NumericLessThanEquals: { "sts:DurationSeconds": 900 },
+            },
+          }),
+        ],
+      },
+    });
+  });
+});
