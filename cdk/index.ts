@@ -8,7 +8,8 @@
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { RemovalPolicy, Token } from "aws-cdk-lib";
+import { Duration, RemovalPolicy, Token } from "aws-cdk-lib";
+import * as cloudwatch from "aws-cdk-lib/aws-cloudwatch";
 import * as iam from "aws-cdk-lib/aws-iam";
 import * as lambda from "aws-cdk-lib/aws-lambda";
 import { Construct } from "constructs";
@@ -36,15 +37,48 @@ export interface DatabricksTokenBrokerProps {
   /**
    * The directory holding the zips `npm run build` writes (layer.zip,
    * layer-with-node-x86_64.zip, layer-with-node-arm64.zip).
-   * @default the repository's dist/
+   * @default the package's dist/, where the compiled construct (dist/cdk/index.js) sits
    */
   readonly layerZipDir?: string;
   /**
+   * Turns on the broker's CloudWatch metrics (`DATABRICKS_TOKEN_BROKER_METRICS=emf`) on every
+   * function added. Custom metrics cost money (README, Metrics).
+   * @default false
+   */
+  readonly metrics?: boolean;
+  /**
+   * `DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE`, and the namespace of `metricRefreshFailure`.
+   * @default "DatabricksTokenBroker"
+   */
+  readonly metricsNamespace?: string;
+  /**
+   * Creates, beside each function added, an alarm on any failed refresh of its default
+   * target in 5 minutes (template.yaml's). Needs `metrics`.
+   * @default false
+   */
+  readonly refreshFailureAlarm?: boolean;
+  /**
+   * What each refresh-failure alarm does when it fires, such as an `SnsAction`.
+   * @default none
+   */
+  readonly alarmActions?: cloudwatch.IAlarmAction[];
+  /**
    * Other `DATABRICKS_TOKEN_BROKER_*` options (README, Configuration), set on every function
-   * added. Not the audience or STS duration: those are props, because the policy follows them.
+   * added. Not the audience, STS duration or metrics: those are props, because the policy
+   * and the alarm follow them.
    * @default none
    */
   readonly environment?: { readonly [name: string]: string };
+}
+
+/** Options of {@link DatabricksTokenBroker.metricRefreshFailure}. */
+export interface BrokerMetricOptions extends cloudwatch.MetricOptions {
+  /**
+   * The target: `default` for the one `DATABRICKS_HOST` names, else a name in
+   * `DATABRICKS_TOKEN_BROKER_TARGETS`.
+   * @default "default"
+   */
+  readonly target?: string;
 }
 
 /** The three layers the build writes (layer/build.mjs ARTIFACTS). */
@@ -84,6 +118,19 @@ const METADATA_SERVICE_URL = "http://localhost:2775/metadata";
 const STS_DURATION_RANGE = [60, 3600] as const;
 /** template.yaml's AllowedPattern for DatabricksHost. */
 const HOST_PATTERN = /^https:\/\/[A-Za-z0-9.-]+(:[0-9]+)?\/?$/;
+/** src/metrics.ts's defaults and names (SPEC §8); test/cdk.test.ts holds them equal. */
+const METRICS_NAMESPACE_DEFAULT = "DatabricksTokenBroker";
+const DEFAULT_TARGET = "default";
+const REFRESH_FAILURE = "RefreshFailure";
+/**
+ * CloudWatch's rule for a namespace, and its prefix reserved for AWS, as src/config.ts checks
+ * DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE. No space at either end: the broker would trim
+ * it, and the alarm would watch a namespace no record has.
+ */
+const METRICS_NAMESPACE = /^[A-Za-z0-9._\/#:-]([A-Za-z0-9._\/#: -]{0,253}[A-Za-z0-9._\/#:-])?$/;
+const RESERVED_NAMESPACE_PREFIX = "AWS/";
+/** template.yaml's alarm: any failure in 5 minutes; no data (no refresh, no invoke) is not one. */
+const ALARM_PERIOD = Duration.minutes(5);
 
 /** Publishes the broker's layers and equips Lambda functions to use it. */
 export class DatabricksTokenBroker extends Construct {
@@ -91,15 +138,19 @@ export class DatabricksTokenBroker extends Construct {
   public readonly environment: { readonly [name: string]: string };
   /** The statement `addFunction` adds to each function's role. */
   public readonly policyStatement: iam.PolicyStatement;
+  private readonly props: DatabricksTokenBrokerProps;
   private readonly layerZipDir: string;
   private readonly layers = new Map<Flavour, lambda.LayerVersion>();
+  private readonly added = new Set<lambda.Function>();
 
   constructor(scope: Construct, id: string, props: DatabricksTokenBrokerProps) {
     super(scope, id);
     const audience = props.audience ?? "databricks";
     const stsDurationSeconds = props.stsDurationSeconds ?? 300;
     validate(props, audience, stsDurationSeconds);
-    this.layerZipDir = props.layerZipDir ?? join(dirname(fileURLToPath(import.meta.url)), "..", "dist");
+    this.props = props;
+    // The compiled construct is dist/cdk/index.js; the zips are beside dist/cdk.
+    this.layerZipDir = props.layerZipDir ?? join(dirname(fileURLToPath(import.meta.url)), "..");
     this.environment = Object.freeze({
       ...props.environment,
       DATABRICKS_TOKEN_BROKER_ENABLED: "true",
@@ -108,6 +159,8 @@ export class DatabricksTokenBroker extends Construct {
       ...(props.accountId === undefined ? {} : { DATABRICKS_ACCOUNT_ID: props.accountId }),
       DATABRICKS_TOKEN_BROKER_AUDIENCE: audience,
       DATABRICKS_TOKEN_BROKER_STS_DURATION_SECONDS: String(stsDurationSeconds),
+      ...(props.metrics ? { DATABRICKS_TOKEN_BROKER_METRICS: "emf" } : {}),
+      ...(props.metricsNamespace === undefined ? {} : { DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: props.metricsNamespace }),
       DATABRICKS_METADATA_SERVICE_URL: METADATA_SERVICE_URL,
       DATABRICKS_AUTH_TYPE: "metadata-service",
     });
@@ -125,13 +178,43 @@ export class DatabricksTokenBroker extends Construct {
   }
 
   /**
-   * Attaches the layer for `fn`'s runtime and architecture, sets the environment and adds the
-   * policy to its role. Throws at synth for a runtime the layer cannot serve.
+   * Attaches the layer for `fn`'s runtime and architecture, sets the environment, adds the
+   * policy to its role and, with `refreshFailureAlarm`, creates its alarm (a child of `fn`,
+   * id `DatabricksTokenBrokerRefreshFailure`). Throws at synth for a runtime the layer cannot
+   * serve. A function added twice is equipped once.
    */
   public addFunction(fn: lambda.Function): void {
+    if (this.added.has(fn)) return;
     fn.addLayers(this.layerFor(flavourOf(fn)));
     for (const [name, value] of Object.entries(this.environment)) fn.addEnvironment(name, value);
     fn.addToRolePolicy(this.policyStatement);
+    if (this.props.refreshFailureAlarm) {
+      const alarm = this.metricRefreshFailure(fn).createAlarm(fn, "DatabricksTokenBrokerRefreshFailure", {
+        alarmDescription: `databricks-token-broker could not refresh the Databricks token of ${fn.functionName}; see its log lines 'token refresh failed' and 'diagnosis'`,
+        threshold: 0,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      alarm.addAlarmAction(...(this.props.alarmActions ?? []));
+    }
+    this.added.add(fn);
+  }
+
+  /**
+   * The refreshes of `fn`'s token that failed: the broker's `RefreshFailure` metric, summed
+   * over 5 minutes. Records exist only with `metrics` on.
+   */
+  public metricRefreshFailure(fn: lambda.IFunction, options: BrokerMetricOptions = {}): cloudwatch.Metric {
+    const { target = DEFAULT_TARGET, ...metricOptions } = options;
+    return new cloudwatch.Metric({
+      namespace: this.props.metricsNamespace ?? METRICS_NAMESPACE_DEFAULT,
+      metricName: REFRESH_FAILURE,
+      dimensionsMap: { FunctionName: fn.functionName, Target: target },
+      statistic: cloudwatch.Stats.SUM,
+      period: ALARM_PERIOD,
+      ...metricOptions,
+    });
   }
 
   /** One LayerVersion per flavour, however many functions share it. */
@@ -189,12 +272,29 @@ function validate(props: DatabricksTokenBrokerProps, audience: string, stsDurati
   if (!Token.isUnresolved(stsDurationSeconds) && (!Number.isInteger(stsDurationSeconds) || stsDurationSeconds < min || stsDurationSeconds > max)) {
     throw new Error(`DatabricksTokenBroker: stsDurationSeconds must be a whole number from ${min} to ${max}, got ${stsDurationSeconds}`);
   }
-  const managed = new Set([`${ENV_PREFIX}ENABLED`, `${ENV_PREFIX}AUDIENCE`, `${ENV_PREFIX}STS_DURATION_SECONDS`]);
+  const managed = ["ENABLED", "AUDIENCE", "STS_DURATION_SECONDS", "METRICS", "METRICS_NAMESPACE"];
   for (const name of Object.keys(props.environment ?? {})) {
-    if (!name.startsWith(ENV_PREFIX) || managed.has(name)) {
+    if (!name.startsWith(ENV_PREFIX) || managed.includes(name.slice(ENV_PREFIX.length))) {
       throw new Error(
-        `DatabricksTokenBroker: environment may hold only ${ENV_PREFIX}* options other than ENABLED, AUDIENCE and STS_DURATION_SECONDS (set by the construct), got ${name}`,
+        `DatabricksTokenBroker: environment may hold only ${ENV_PREFIX}* options other than ${managed.join(", ")} (set by the construct from its props), got ${name}`,
       );
     }
+  }
+  const namespace = props.metricsNamespace;
+  if (namespace !== undefined && !Token.isUnresolved(namespace)) {
+    if (!METRICS_NAMESPACE.test(namespace)) {
+      throw new Error(
+        `DatabricksTokenBroker: metricsNamespace must be a CloudWatch namespace: 1 to 255 letters, digits, spaces and . - _ / # : characters, no space at either end, got ${JSON.stringify(namespace)}`,
+      );
+    }
+    if (namespace.startsWith(RESERVED_NAMESPACE_PREFIX)) {
+      throw new Error(`DatabricksTokenBroker: metricsNamespace must not start with ${RESERVED_NAMESPACE_PREFIX}, which CloudWatch reserves for AWS services, got ${JSON.stringify(namespace)}`);
+    }
+  }
+  if (props.refreshFailureAlarm && !props.metrics) {
+    throw new Error("DatabricksTokenBroker: refreshFailureAlarm needs metrics: true, as the alarm watches the broker's metrics");
+  }
+  if (props.alarmActions?.length && !props.refreshFailureAlarm) {
+    throw new Error("DatabricksTokenBroker: alarmActions are for the refresh-failure alarms; set refreshFailureAlarm: true as well");
   }
 }

@@ -5,10 +5,12 @@
 //   databricks-token-broker/lazy/        what it loads later: the AWS SDK, fastify and the app
 //   databricks-token-broker/cli.mjs      the `setup`/`doctor` command, bundled apart
 //   databricks-token-broker/THIRD-PARTY-NOTICES.txt   licence texts of what is bundled
+import { execFile } from "node:child_process";
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { build } from "esbuild";
 import { ARCHES, layerNodeFor, NODE_VERSION } from "./node-runtime.mjs";
 import { zipTrees } from "./zip.mjs";
@@ -276,8 +278,22 @@ export async function buildAll({ dist = join(ROOT, "dist"), cacheDir = join(ROOT
   return artifacts;
 }
 
+/**
+ * Compiles the CDK construct (cdk/index.ts) with its declarations into outDir, the package's
+ * `./cdk` export. The construct finds the zips in outDir's parent, so outDir is `<dist>/cdk`.
+ */
+export async function buildCdk(outDir = join(ROOT, "dist", "cdk")) {
+  const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
+  await rm(outDir, { recursive: true, force: true });
+  await promisify(execFile)(process.execPath, [tsc, "-p", join(ROOT, "cdk", "tsconfig.json"), "--outDir", outDir]).catch((e) => {
+    throw new Error(`compiling cdk/index.ts failed:\n${e.stdout || e.message}`);
+  });
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const mb = (n) => `${(n / 1024 / 1024).toFixed(1)} MB`;
   for (const a of await buildAll()) console.log(`dist/${a.name.padEnd(30)} ${mb(a.zipped).padStart(9)} zipped ${mb(a.unzipped).padStart(9)} unzipped`);
   console.log(`with-Node.js flavour carries Node.js ${NODE_VERSION}`);
+  await buildCdk();
+  console.log("dist/cdk/index.js                 the CDK construct (databricks-token-broker/cdk)");
 }

@@ -10,13 +10,17 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { App, Stack } from "aws-cdk-lib";
+import { App, Duration, Stack } from "aws-cdk-lib";
 import { Match, Template } from "aws-cdk-lib/assertions";
+import * as actions from "aws-cdk-lib/aws-cloudwatch-actions";
 import * as lambda from "aws-cdk-lib/aws-lambda";
+import * as sns from "aws-cdk-lib/aws-sns";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
 import { DatabricksTokenBroker, type DatabricksTokenBrokerProps } from "../cdk/index.js";
 import { ARTIFACTS } from "../layer/build.mjs";
+import { DEFAULT_TARGET, DEFAULTS, parseConfig } from "../src/config.js";
+import { createMetrics, type EmfRecord } from "../src/metrics.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -230,5 +234,130 @@ describe("DatabricksTokenBroker.addFunction grants sts:GetWebIdentityToken", () 
         ],
       },
     });
+  });
+});
+
+describe("DatabricksTokenBroker's metrics and refresh-failure alarm", () => {
+  /** What the broker writes for a failed refresh of the default target (src/metrics.ts), under this namespace. */
+  function failureRecord(namespace: string): EmfRecord {
+    const lines: string[] = [];
+    const metrics = createMetrics({ namespace, functionName: "fn", targets: [DEFAULT_TARGET], write: (l) => lines.push(l) });
+    const error = { name: "BrokerError", message: "denied", step: "sts", code: "AccessDenied", retryable: false };
+    metrics.onRefresh({ ok: false, target: DEFAULT_TARGET, at: 0, error: error as never, failures: 1, retryInMs: 500, ms: 5 });
+    return JSON.parse(lines[0]!) as EmfRecord;
+  }
+
+  it("sets DATABRICKS_TOKEN_BROKER_METRICS=emf only with metrics, and the namespace when given", () => {
+    const off = stackWithBroker();
+    expect(off.broker.environment).not.toHaveProperty("DATABRICKS_TOKEN_BROKER_METRICS");
+    const on = stackWithBroker({ metrics: true, metricsNamespace: "Team/Data" });
+    expect(on.broker.environment).toMatchObject({ DATABRICKS_TOKEN_BROKER_METRICS: "emf", DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: "Team/Data" });
+    // The broker reads what the construct sets as meant.
+    const parsed = parseConfig({ ...on.broker.environment, AWS_REGION: "eu-west-1" });
+    expect(parsed.enabled && parsed.config).toMatchObject({ metrics: "emf", metricsNamespace: "Team/Data" });
+  });
+
+  it("creates, per function, template.yaml's alarm on the metric the broker writes, with no action unless given", () => {
+    const { stack, broker } = stackWithBroker({ metrics: true, refreshFailureAlarm: true });
+    const py = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
+    const node = fn(stack, "Node", lambda.Runtime.NODEJS_22_X);
+    broker.addFunction(py);
+    broker.addFunction(node);
+    const template = Template.fromStack(stack);
+    const alarms = Object.values(template.findResources("AWS::CloudWatch::Alarm")) as { Properties: Record<string, unknown> }[];
+    expect(alarms).toHaveLength(2);
+
+    const sam = parseDocument(readFileSync(join(ROOT, "template.yaml"), "utf8")).getIn(["Resources", "PythonExampleRefreshFailureAlarm", "Properties"]) as { toJSON(): Record<string, unknown> };
+    const samAlarm = sam.toJSON();
+    const record = failureRecord(DEFAULTS.metricsNamespace);
+    const definition = record._aws.CloudWatchMetrics[0]!;
+    for (const f of [py, node]) {
+      const alarm = alarms.find((a) => JSON.stringify(a.Properties.Dimensions).includes(logicalId(stack, f)))!;
+      for (const key of ["Namespace", "MetricName", "Statistic", "Period", "EvaluationPeriods", "Threshold", "ComparisonOperator", "TreatMissingData"]) {
+        expect(alarm.Properties[key], key).toEqual(samAlarm[key]);
+      }
+      // The alarm watches exactly what a failed refresh writes: namespace, metric, dimensions.
+      expect(alarm.Properties.Namespace).toBe(definition.Namespace);
+      expect(definition.Metrics.map((m) => m.Name)).toContain(alarm.Properties.MetricName);
+      expect(alarm.Properties.Dimensions).toEqual([
+        { Name: definition.Dimensions[0]![0], Value: { Ref: logicalId(stack, f) } },
+        { Name: definition.Dimensions[0]![1], Value: (record as unknown as Record<string, string>).Target },
+      ]);
+      expect(alarm.Properties).not.toHaveProperty("AlarmActions");
+    }
+  });
+
+  it("gives each alarm the actions, and follows metricsNamespace", () => {
+    const { stack, broker } = stackWithBroker({ metrics: true, metricsNamespace: "Team/Data", refreshFailureAlarm: true, alarmActions: [] });
+    const topic = new sns.Topic(stack, "Alarms");
+    const second = new DatabricksTokenBroker(stack, "Broker2", {
+      host: HOST,
+      layerZipDir: zipDir,
+      metrics: true,
+      metricsNamespace: "Team/Data",
+      refreshFailureAlarm: true,
+      alarmActions: [new actions.SnsAction(topic)],
+    });
+    broker.addFunction(fn(stack, "A", lambda.Runtime.PYTHON_3_13));
+    second.addFunction(fn(stack, "B", lambda.Runtime.PYTHON_3_13));
+    const template = Template.fromStack(stack);
+    const alarms = Object.values(template.findResources("AWS::CloudWatch::Alarm")) as { Properties: Record<string, unknown> }[];
+    expect(alarms.map((a) => a.Properties.Namespace)).toEqual(["Team/Data", "Team/Data"]);
+    expect(alarms.map((a) => a.Properties.AlarmActions)).toEqual([undefined, [{ Ref: stack.getLogicalId(topic.node.defaultChild as sns.CfnTopic) }]]);
+  });
+
+  it("equips a function added twice once: one layer, one statement, one alarm", () => {
+    const { stack, broker } = stackWithBroker({ metrics: true, refreshFailureAlarm: true });
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
+    broker.addFunction(f);
+    broker.addFunction(f);
+    const template = Template.fromStack(stack);
+    expect(layersOf(template, logicalId(stack, f))).toHaveLength(1);
+    template.resourceCountIs("AWS::CloudWatch::Alarm", 1);
+    const policy = Object.values(template.findResources("AWS::IAM::Policy"))[0] as { Properties: { PolicyDocument: { Statement: unknown[] } } };
+    expect(policy.Properties.PolicyDocument.Statement).toHaveLength(1);
+  });
+
+  it("gives metricRefreshFailure for a named target, to build other alarms on", () => {
+    const { stack, broker } = stackWithBroker({ metrics: true });
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
+    broker.addFunction(f);
+    const metric = broker.metricRefreshFailure(f, { target: "jobs", period: Duration.minutes(10) });
+    expect(metric.namespace).toBe(DEFAULTS.metricsNamespace);
+    expect(metric.metricName).toBe("RefreshFailure");
+    expect(metric.statistic).toBe("Sum");
+    expect(metric.period.toSeconds()).toBe(600);
+    expect(stack.resolve(metric.dimensions)).toEqual({ FunctionName: { Ref: logicalId(stack, f) }, Target: "jobs" });
+    Template.fromStack(stack).resourceCountIs("AWS::CloudWatch::Alarm", 0);
+  });
+
+  it.each([
+    [{ refreshFailureAlarm: true }, /refreshFailureAlarm needs metrics: true/],
+    [{ metrics: true, alarmActions: [{ bind: () => ({ alarmActionArn: "arn:aws:sns:eu-west-1:1:t" }) }] }, /alarmActions are for the refresh-failure alarms; set refreshFailureAlarm: true/],
+    [{ metrics: true, metricsNamespace: " padded" }, /metricsNamespace must be a CloudWatch namespace: .* got " padded"/],
+    [{ metrics: true, metricsNamespace: "AWS/Lambda" }, /metricsNamespace must not start with AWS\//],
+    [{ environment: { DATABRICKS_TOKEN_BROKER_METRICS: "emf" } }, /got DATABRICKS_TOKEN_BROKER_METRICS$/],
+  ])("refuses props %j", (props, message) => {
+    expect(() => stackWithBroker(props as Partial<DatabricksTokenBrokerProps>)).toThrow(message);
+  });
+
+  it("accepts a namespace only when the broker takes it as it is, so the alarm watches the records' namespace", () => {
+    const namespaces = ["DatabricksTokenBroker", "Team/Data", "a", "My Broker", "x".repeat(255), "aws/lower", "", " a", "a ", "x".repeat(256), "é", "AWS/X", "tab\there"];
+    for (const namespace of namespaces) {
+      let accepted = true;
+      try {
+        stackWithBroker({ metrics: true, metricsNamespace: namespace });
+      } catch {
+        accepted = false;
+      }
+      let asIs = false;
+      try {
+        const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "eu-west-1", DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: namespace });
+        asIs = parsed.enabled && parsed.config.metricsNamespace === namespace;
+      } catch {
+        // a problem: the broker refuses it
+      }
+      expect(accepted, JSON.stringify(namespace)).toBe(asIs);
+    }
   });
 });
