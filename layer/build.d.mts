@@ -12,3 +12,4 @@ export declare const MAX_WITH_NODE_UNZIPPED_BYTES: number;
 export declare function buildAll(options?: { dist?: string; cacheDir?: string }): Promise<{ name: string; zipped: number; unzipped: number }[]>;
 export declare const ARTIFACTS: string[];
 export declare function archMarker(arch: "x86_64" | "arm64", node: Buffer): string;
+export declare function buildCdk(outDir?: string): Promise<void>;
