@@ -30,7 +30,7 @@ let pkg: string;
 let packed: { files: { path: string }[] };
 
 /** What `npm pack` puts in the tarball: the construct, the zips and the CLI of `bin`. */
-const PACKED = ["package.json", "README.md", "dist/cdk/index.js", "dist/cdk/index.d.ts", ...ARTIFACTS.map((a) => `dist/${a}`), "dist/layer/databricks-token-broker/cli.mjs"];
+const PACKED = ["package.json", "README.md", "LICENSE", "dist/cdk/index.js", "dist/cdk/index.d.ts", ...ARTIFACTS.map((a) => `dist/${a}`), "dist/layer/databricks-token-broker/cli.mjs"];
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), "dtb-cdk-example-"));
@@ -38,7 +38,7 @@ beforeAll(async () => {
   const stage = join(tmp, "package");
   await mkdir(stage);
   await cp(join(ROOT, "package.json"), join(stage, "package.json"));
-  await cp(join(ROOT, "README.md"), join(stage, "README.md"));
+  for (const file of ["README.md", "LICENSE"]) await cp(join(ROOT, file), join(stage, file));
   await buildAll({ dist: join(stage, "dist") });
   await buildCdk(join(stage, "dist", "cdk"));
   const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", tmp], { cwd: stage, maxBuffer: 16 << 20 });
