@@ -1,9 +1,10 @@
 /**
  * An AWS CDK v2 construct that does for a CDK app what template.yaml does for SAM (SPEC §7):
  * it publishes the broker's layers from the zips `npm run build` writes, and `addFunction`
- * attaches the right one, sets the function's environment and grants the conditioned
- * `sts:GetWebIdentityToken`. `aws-cdk-lib` and `constructs` are peer dependencies; the layer's
- * bundle (layer/build.mjs builds extension/ and src/) never imports this file.
+ * attaches the right one, sets the function's environment, grants the conditioned
+ * `sts:GetWebIdentityToken` and, when asked, creates the refresh-failure alarm (SPEC §8).
+ * `aws-cdk-lib` and `constructs` are peer dependencies. `npm run build` compiles this file to
+ * dist/cdk/, the package's `./cdk` export; the layer's bundle never imports it.
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
