@@ -446,6 +446,13 @@ describe("doctor", () => {
       expect(w.iam.calls).toHaveLength(0);
     });
 
+    it("names the metrics setting: off, or emf and its namespace", async () => {
+      const w = await world();
+      expect(step((await w.doctor({})).checks, "configuration").detail).toMatch(/; metrics off$/);
+      const on = await w.doctor({ DATABRICKS_TOKEN_BROKER_METRICS: "emf", DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: "Team/Data" });
+      expect(step(on.checks, "configuration").detail).toMatch(/; metrics emf in namespace Team\/Data$/);
+    });
+
     it("the SDK variables of the README → no warning", async () => {
       const w = await world();
       const d = await w.doctor({ DATABRICKS_METADATA_SERVICE_URL: "http://localhost:2775/metadata", DATABRICKS_AUTH_TYPE: "metadata-service" });
@@ -521,9 +528,9 @@ describe("doctor", () => {
       const other = join(dir, "other-config");
       writeFileSync(other, "[profile ci]\nregion = us-east-1\n");
       expect((await w.doctor({ ...NO_REGION, HOME: dir, AWS_CONFIG_FILE: other, AWS_PROFILE: "ci" })).checks[0]!.detail).toContain(`region us-east-1 (from profile ci in ${other})`);
-      expect((await w.doctor({ ...NO_REGION, AWS_DEFAULT_REGION: "us-east-1", HOME: dir, AWS_PROFILE: "dev" })).checks[0]!.detail).toMatch(/region us-east-1 \(from AWS_DEFAULT_REGION\)$/);
+      expect((await w.doctor({ ...NO_REGION, AWS_DEFAULT_REGION: "us-east-1", HOME: dir, AWS_PROFILE: "dev" })).checks[0]!.detail).toMatch(/region us-east-1 \(from AWS_DEFAULT_REGION\); metrics off$/);
       const d = await w.doctor({ AWS_REGION: "us-east-1", AWS_DEFAULT_REGION: "eu-west-1", HOME: dir, AWS_PROFILE: "dev" });
-      expect(d.checks[0]!.detail).toMatch(/region us-east-1$/);
+      expect(d.checks[0]!.detail).toMatch(/region us-east-1; metrics off$/);
       expect(d.ok, d.text).toBe(true);
     });
 

@@ -98,7 +98,8 @@ function describeConfig(config: Config, region: ResolvedRegion | undefined): str
     (t) => `${t.name} → ${t.tokenEndpoint} (${t.clientId !== undefined ? `client_id ${t.clientId}` : "no client_id: account-wide policy"}, scope ${t.scope})`,
   );
   const from = region && region.source !== "AWS_REGION" ? ` (from ${region.source})` : "";
-  return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}${from}`;
+  const metrics = config.metrics === "emf" ? `metrics emf in namespace ${config.metricsNamespace}` : "metrics off";
+  return `${targets.join("; ")}; JWT audience ${config.audience}, ${config.signingAlgorithm}, ${config.stsDurationSeconds} s; region ${config.region}${from}; ${metrics}`;
 }
 
 /** The fix for a configuration the broker refuses; for a missing region, where the doctor looked. */
