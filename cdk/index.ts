@@ -253,6 +253,12 @@ function flavourOf(fn: lambda.Function): Flavour {
     if (arch === lambda.Architecture.ARM_64.name) return "with-node-arm64";
     throw new Error(`DatabricksTokenBroker: function ${fn.node.path} has architecture ${arch}; the layer serves x86_64 and arm64`);
   }
+  if (runtime === lambda.Runtime.FROM_IMAGE.name) {
+    throw new Error(
+      `DatabricksTokenBroker: function ${fn.node.path} is a container image, which cannot take layers; ` +
+        `copy the layer into the image instead (README, "Container-image functions"; examples/containers)`,
+    );
+  }
   const supported = [...NODE_RUNTIMES, ...WITH_NODE_RUNTIMES].map((r) => r.name).join(", ");
   throw new Error(
     `DatabricksTokenBroker: function ${fn.node.path} uses runtime ${runtime}, which the layer cannot serve ` +

@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { App, Duration, Stack } from "aws-cdk-lib";
 import { Match, Template } from "aws-cdk-lib/assertions";
 import * as actions from "aws-cdk-lib/aws-cloudwatch-actions";
+import * as ecr from "aws-cdk-lib/aws-ecr";
 import * as lambda from "aws-cdk-lib/aws-lambda";
 import * as sns from "aws-cdk-lib/aws-sns";
 import { afterAll, describe, expect, it } from "vitest";
@@ -131,6 +132,12 @@ describe("DatabricksTokenBroker.addFunction picks the layer", () => {
       new RegExp(`function Test/Old uses runtime ${name.replace(".", "\\.")}, which the layer cannot serve.*use one of nodejs24\\.x, .*provided\\.al2023`),
     );
     Template.fromStack(stack).resourceCountIs("AWS::Lambda::LayerVersion", 0);
+  });
+
+  it("refuses a container-image function, pointing to the recipe that copies the layer into the image", () => {
+    const { stack, broker } = stackWithBroker();
+    const f = new lambda.DockerImageFunction(stack, "Image", { code: lambda.DockerImageCode.fromEcr(new ecr.Repository(stack, "Repo")) });
+    expect(() => broker.addFunction(f)).toThrow(/function Test\/Image is a container image, which cannot take layers; copy the layer into the image instead \(README, "Container-image functions"/);
   });
 
   it("says to build the layers when a zip is missing", () => {
