@@ -72,6 +72,17 @@ export interface DatabricksTokenBrokerProps {
   readonly environment?: { readonly [name: string]: string };
 }
 
+/** Options of {@link DatabricksTokenBroker.addFunction}. */
+export interface AddFunctionOptions {
+  /**
+   * The function is a container image that already carries the extension, copied from the
+   * layer (README, "Container-image functions"), so no layer is attached: only the variables,
+   * the policy and the alarm. Only for container-image functions.
+   * @default false
+   */
+  readonly extensionInImage?: boolean;
+}
+
 /** Options of {@link DatabricksTokenBroker.metricRefreshFailure}. */
 export interface BrokerMetricOptions extends cloudwatch.MetricOptions {
   /**
@@ -184,9 +195,19 @@ export class DatabricksTokenBroker extends Construct {
    * id `DatabricksTokenBrokerRefreshFailure`). Throws at synth for a runtime the layer cannot
    * serve. A function added twice is equipped once.
    */
-  public addFunction(fn: lambda.Function): void {
+  public addFunction(fn: lambda.Function, options: AddFunctionOptions = {}): void {
     if (this.added.has(fn)) return;
-    fn.addLayers(this.layerFor(flavourOf(fn)));
+    const image = fn.runtime.name === lambda.Runtime.FROM_IMAGE.name;
+    if (image && !options.extensionInImage) {
+      throw new Error(
+        `DatabricksTokenBroker: function ${fn.node.path} is a container image, which cannot take layers; ` +
+          `copy the layer into the image (README, "Container-image functions"; examples/containers), then add it with { extensionInImage: true }`,
+      );
+    }
+    if (!image && options.extensionInImage) {
+      throw new Error(`DatabricksTokenBroker: extensionInImage is for container-image functions; function ${fn.node.path} uses runtime ${fn.runtime.name}, which takes the layer`);
+    }
+    if (!image) fn.addLayers(this.layerFor(flavourOf(fn)));
     for (const [name, value] of Object.entries(this.environment)) fn.addEnvironment(name, value);
     fn.addToRolePolicy(this.policyStatement);
     if (this.props.refreshFailureAlarm) {
@@ -252,12 +273,6 @@ function flavourOf(fn: lambda.Function): Flavour {
     if (arch === lambda.Architecture.X86_64.name) return "with-node-x86_64";
     if (arch === lambda.Architecture.ARM_64.name) return "with-node-arm64";
     throw new Error(`DatabricksTokenBroker: function ${fn.node.path} has architecture ${arch}; the layer serves x86_64 and arm64`);
-  }
-  if (runtime === lambda.Runtime.FROM_IMAGE.name) {
-    throw new Error(
-      `DatabricksTokenBroker: function ${fn.node.path} is a container image, which cannot take layers; ` +
-        `copy the layer into the image instead (README, "Container-image functions"; examples/containers)`,
-    );
   }
   const supported = [...NODE_RUNTIMES, ...WITH_NODE_RUNTIMES].map((r) => r.name).join(", ");
   throw new Error(

@@ -134,10 +134,27 @@ describe("DatabricksTokenBroker.addFunction picks the layer", () => {
     Template.fromStack(stack).resourceCountIs("AWS::Lambda::LayerVersion", 0);
   });
 
-  it("refuses a container-image function, pointing to the recipe that copies the layer into the image", () => {
+  it("refuses a container-image function unless its image carries the extension, pointing to the recipe", () => {
     const { stack, broker } = stackWithBroker();
     const f = new lambda.DockerImageFunction(stack, "Image", { code: lambda.DockerImageCode.fromEcr(new ecr.Repository(stack, "Repo")) });
-    expect(() => broker.addFunction(f)).toThrow(/function Test\/Image is a container image, which cannot take layers; copy the layer into the image instead \(README, "Container-image functions"/);
+    expect(() => broker.addFunction(f)).toThrow(
+      /function Test\/Image is a container image, which cannot take layers; copy the layer into the image \(README, "Container-image functions"; examples\/containers\), then add it with \{ extensionInImage: true \}/,
+    );
+    expect(() => broker.addFunction(fn(stack, "Py", lambda.Runtime.PYTHON_3_13), { extensionInImage: true })).toThrow(
+      /extensionInImage is for container-image functions; function Test\/Py uses runtime python3\.13, which takes the layer/,
+    );
+  });
+
+  it("equips a container-image function that carries the extension with the variables, policy and alarm, and no layer", () => {
+    const { stack, broker } = stackWithBroker({ metrics: true, refreshFailureAlarm: true });
+    const f = new lambda.DockerImageFunction(stack, "Image", { code: lambda.DockerImageCode.fromEcr(new ecr.Repository(stack, "Repo")) });
+    broker.addFunction(f, { extensionInImage: true });
+    const template = Template.fromStack(stack);
+    template.resourceCountIs("AWS::Lambda::LayerVersion", 0);
+    expect(layersOf(template, logicalId(stack, f))).toBeUndefined();
+    template.hasResourceProperties("AWS::Lambda::Function", { PackageType: "Image", Environment: { Variables: broker.environment } });
+    template.hasResourceProperties("AWS::IAM::Policy", { PolicyDocument: { Statement: [Match.objectLike({ Action: "sts:GetWebIdentityToken" })] } });
+    template.resourceCountIs("AWS::CloudWatch::Alarm", 1);
   });
 
   it("says to build the layers when a zip is missing", () => {
