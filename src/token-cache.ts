@@ -25,11 +25,12 @@ export { BACKOFF_CAP_MS } from "./backoff.js";
  */
 export const COOLDOWN_MS = 30_000;
 /**
- * A caller whose wait would end before the backoff allows another attempt gets one this long
- * before its wait ends: STS and the exchange answer in a few hundred ms each, and a storm's
- * stragglers are served sooner (bench section 8).
+ * A caller whose wait would end before the backoff allows another attempt gets these last
+ * attempts, each this long before its wait ends: STS and the exchange answer in a few hundred
+ * ms each. The first serves a storm's stragglers sooner; the second, after the first was
+ * throttled too, turns most of the 503s left in a storm's tail into tokens (bench section 8).
  */
-export const LAST_TRY_MS = 2_000;
+export const LAST_TRIES_MS = Object.freeze([2_000, 1_000]);
 /**
  * A token fetched this recently counts as fresh: a `?min_ttl` no token can satisfy is then
  * served this token instead of causing one exchange per request.
@@ -62,9 +63,10 @@ interface KeyState {
   /** No upstream call before this (Unix ms). */
   nextAttemptAt: number;
   /**
-   * A caller about to give up may bring `nextAttemptAt` forward to the end of its wait: after a
-   * throttled failure that did not follow such an attempt, so the upstream sees at most one
-   * extra call per backoff step; never before the `Retry-After` of `lastError`.
+   * A caller about to give up may bring `nextAttemptAt` forward to the end of its wait
+   * (LAST_TRIES_MS): after a throttled failure that did not follow such an attempt, so the
+   * upstream sees at most that caller's few extra calls per backoff step; never before the
+   * `Retry-After` of `lastError`.
    */
   pullable: boolean;
   /** The attempt running (or last run) was brought forward so. */
@@ -251,7 +253,7 @@ export class TokenCache {
     const st = this.#stateOf(key);
     const wanted = this.#wantedMs(minTtlSeconds);
     const deadline = this.#now() + waitMs;
-    let lastTried = false;
+    let lastTries = 0;
     for (;;) {
       const cached = this.#ready(key, wanted);
       if (cached) return cached;
@@ -260,13 +262,16 @@ export class TokenCache {
       if (st.lastError && !st.inFlight && now < st.nextAttemptAt) {
         if (!st.lastError.retryable) throw st.lastError;
         // After a throttled call, the backoff may put the next attempt past this caller's wait:
-        // one attempt before the wait ends may still succeed (a storm's stragglers, issue 15),
-        // where answering now cannot (KeyState.pullable says when it may be brought forward).
+        // attempts before the wait ends may still succeed (a storm's stragglers, issue 15),
+        // where answering now cannot (KeyState.pullable says when it may be brought forward;
+        // this caller's own second last attempt follows its first).
         if (st.nextAttemptAt >= deadline) {
           const retryAfterUntil = (st.lastErrorAt ?? 0) + (st.lastError.retryAfterMs ?? 0);
-          const lastTry = Math.max(now, retryAfterUntil, deadline - LAST_TRY_MS);
-          if (lastTried || !st.pullable || lastTry >= deadline) throw this.#timeout(name, waitMs, recentError(st));
-          lastTried = true;
+          const at = deadline - (LAST_TRIES_MS[lastTries] ?? 0);
+          // The first may start at once; a second only at its own moment, never right after the first.
+          const lastTry = lastTries === 0 || at >= now ? Math.max(now, retryAfterUntil, at) : deadline;
+          if (!(st.pullable || lastTries > 0) || lastTry >= deadline) throw this.#timeout(name, waitMs, recentError(st));
+          lastTries += 1;
           st.pullable = false;
           st.pulled = true;
           st.nextAttemptAt = Math.min(st.nextAttemptAt, lastTry);

@@ -87,8 +87,14 @@ describe("TokenCache: a caller whose wait the backoff would outlast (issue 15)",
     expect(await run(throttled, 3)).toEqual({ answer: "tok-1", at: [0, 2_000, 5_500, 8_000] });
   });
 
-  it("gets only that one: throttled again, it is answered the throttling", async () => {
-    expect(await run(throttled, 4)).toEqual({ answer: "ERR_STS_UNAVAILABLE", at: [0, 2_000, 5_500, 8_000] });
+  it("throttled again, gets a second 1 s before its wait ends; throttled at both, it is answered the throttling", async () => {
+    expect(await run(throttled, 4)).toEqual({ answer: "tok-1", at: [0, 2_000, 5_500, 8_000, 9_000] });
+    expect(await run(throttled, 5)).toEqual({ answer: "ERR_STS_UNAVAILABLE", at: [0, 2_000, 5_500, 8_000, 9_000] });
+  });
+
+  it("gets no second right after a first that a Retry-After put past its moment", async () => {
+    const after = () => new BrokerError("ERR_EXCHANGE_UNAVAILABLE", "429", { step: "exchange", retryable: true, upstreamCode: "HTTP 429", throttled: true, retryAfterMs: 9_200 });
+    expect(await run(after, 2)).toEqual({ answer: "ERR_EXCHANGE_UNAVAILABLE", at: [0, 9_200] });
   });
 
   // Equal jitter with random 0.5: 375, 750, 1500, 3000, 6000 ms after each failure; the fifth
