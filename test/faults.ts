@@ -303,6 +303,8 @@ export interface Outcome {
   invokeProblems: string[];
   invokes: number;
   recovered?: boolean;
+  /** From the fault's end to the first fresh token served. */
+  recoveredInMs?: number;
   aliveBeforeShutdown?: boolean;
   shutdown?: ShutdownResult;
   health?: Observation;
@@ -376,12 +378,14 @@ export async function runScenario(f: Fault): Promise<Outcome> {
 
     if (f.off) {
       await f.off(s);
-      const deadline = Date.now() + 25_000;
+      // The longest backoff step may have begun just before the fault ended.
+      const deadline = Date.now() + BACKOFF_CAP_MS + 5_000;
       while (Date.now() < deadline) {
         const o = await ask(s, "token");
         out.obs.push(o);
         if (o.status === 200 && o.body.access_token !== t1) {
           out.recovered = true;
+          out.recoveredInMs = o.receivedAt - offAt;
           break;
         }
         await sleep(250);
@@ -456,7 +460,7 @@ export function judge(f: Fault, o: Outcome): void {
     const calls = f.step === "sts" ? o.stsCalls : o.exchanges;
     expect(calls).toBeLessThanOrEqual(bound * (f.callsPerAttempt ?? 1));
   }
-  if (f.off || f.heals) expect(o.recovered, "a fresh token once the fault passed").toBe(true);
+  if (f.off || f.heals) expect(o.recovered, `a fresh token once the fault passed (${o.windowMs} ms of fault)`).toBe(true);
 }
 
 /**
