@@ -3,7 +3,9 @@
  * as a user installs it: `npm pack` of a fresh build, unpacked into the app's node_modules.
  * aws-cdk-lib, constructs and tsx are the repository's own, linked in, so the app and the
  * construct share one aws-cdk-lib as npm would give them. No Docker and no AWS account: the
- * stack is environment-agnostic and its assets are files.
+ * stack is environment-agnostic, its assets are files, and the Python function is bundled by
+ * local pip (the peers' virtual environment first on PATH), from the wheels the peer installer
+ * downloaded, with no index.
  *
  * The CLI is kept off the network: no notices (`--no-notices`), no telemetry and no version
  * check (their switches below), no instance metadata and no credentials, so it never asks AWS
@@ -12,12 +14,13 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { cp, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ARTIFACTS, buildAll, buildCdk, ROOT } from "../layer/build.mjs";
+import { EXAMPLE_WHEELS, PYTHON } from "./peers/paths.mjs";
 
 const run = promisify(execFile);
 const HOST = "https://dbc-1234abcd-5678.cloud.databricks.com";
@@ -62,7 +65,9 @@ afterAll(() => (tmp ? rm(tmp, { recursive: true, force: true }) : undefined));
 /** `cdk synth` in the app, off the network; resolves with the exit code and output. */
 async function synth(...args: string[]) {
   const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH,
+    PATH: `${dirname(PYTHON)}:${process.env.PATH ?? ""}`,
+    PIP_NO_INDEX: "1",
+    PIP_FIND_LINKS: EXAMPLE_WHEELS,
     HOME: tmp,
     CDK_HOME: join(tmp, "cdk-home"),
     CDK_DISABLE_CLI_TELEMETRY: "true",
@@ -97,7 +102,7 @@ describe("examples/cdk under the real cdk CLI", () => {
     expect(stderr).toContain("Give the workspace URL: cdk synth -c databricksHost=https://<workspace>");
   }, 120_000);
 
-  it("synthesizes both functions with their layer, variables, policy and alarm, and stages the built zips as the layers", async () => {
+  it("synthesizes both functions with their layer, variables, policy and alarm, stages the built zips as the layers and bundles the Python function with databricks-sdk", async () => {
     const { code, stderr } = await synth("-c", `databricksHost=${HOST}`, "-c", `databricksClientId=${CLIENT_ID}`);
     expect(code, stderr).toBe(0);
     const out = join(tmp, "cdk.out");
@@ -117,6 +122,16 @@ describe("examples/cdk under the real cdk CLI", () => {
     }
 
     const functions = Object.fromEntries(of("AWS::Lambda::Function").map(([id, f]) => [id.replace(/[0-9A-F]{8}$/, ""), f.Properties]));
+    // The Python function carries its handler and databricks-sdk, with compiled parts for
+    // Lambda's python3.13 on x86_64, not for this machine's Python.
+    const pythonKey = String((functions.PythonExample!.Code as { S3Key: string }).S3Key).replace(/\.zip$/, "");
+    const bundle = join(out, assets.files[pythonKey]!.source.path);
+    const files = (await readdir(bundle, { recursive: true })).map(String);
+    expect(files).toEqual(expect.arrayContaining(["app.py", join("databricks", "sdk", "__init__.py"), join("requests", "__init__.py")]));
+    expect(files.filter((f) => f.includes("databricks_sdk-") && f.endsWith("METADATA"))).toHaveLength(1);
+    const compiled = files.filter((f) => f.endsWith(".so"));
+    expect(compiled.length).toBeGreaterThan(0);
+    for (const so of compiled) expect(so).toMatch(/\.(cpython-313-x86_64-linux-gnu|abi3)\.so$/);
     expect(functions.NodeExample).toMatchObject({ Runtime: "nodejs22.x", Architectures: ["arm64"], Layers: [{ Ref: plainId }] });
     expect(functions.PythonExample).toMatchObject({ Runtime: "python3.13", Architectures: ["x86_64"], Layers: [{ Ref: withNodeId }] });
     for (const f of Object.values(functions)) {

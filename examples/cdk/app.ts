@@ -5,10 +5,11 @@
  *
  *   npx cdk synth -c databricksHost=https://<workspace> [-c databricksClientId=<uuid>]
  *
- * (README, "With AWS CDK"). examples/python/app.py imports databricks-sdk, which a real app
- * bundles with the function (PythonFunction of @aws-cdk/aws-lambda-python-alpha, or the
- * asset's `bundling`); this one leaves it out so that `cdk synth` needs no Docker.
+ * (README, "With AWS CDK"). The Python function is bundled with its requirements
+ * (databricks-sdk): by this machine's pip when it has one, else in Docker.
  */
+import { spawnSync } from "node:child_process";
+import { cpSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { App, CfnOutput, Stack } from "aws-cdk-lib";
@@ -46,11 +47,43 @@ const functions = [
     runtime: lambda.Runtime.PYTHON_3_13,
     architecture: lambda.Architecture.X86_64,
     handler: "app.handler",
-    code: lambda.Code.fromAsset(join(examples, "python"), { exclude: ["__pycache__"] }),
+    code: pythonCode(join(examples, "python"), lambda.Runtime.PYTHON_3_13, lambda.Architecture.X86_64),
   }),
 ];
 for (const fn of functions) {
   broker.addFunction(fn);
   // The role is the subject of the Databricks federation policy (README, "Set up on AWS" step 3).
   new CfnOutput(stack, `${fn.node.id}RoleArn`, { value: fn.role!.roleArn });
+}
+
+/**
+ * `dir` with the packages of its requirements.txt, for Lambda's `runtime` on `architecture`.
+ * Local pip first, asked for wheels of Lambda's platform (manylinux2014, the runtime's Python)
+ * rather than this machine's, so that a Mac or another Python builds the same function; where
+ * that fails, the CDK's Docker bundling in the runtime's own build image.
+ */
+function pythonCode(dir: string, runtime: lambda.Runtime, architecture: lambda.Architecture): lambda.Code {
+  const pythonVersion = runtime.name.replace(/^python/, "");
+  const platform = `manylinux2014_${architecture === lambda.Architecture.ARM_64 ? "aarch64" : "x86_64"}`;
+  return lambda.Code.fromAsset(dir, {
+    exclude: ["__pycache__"],
+    bundling: {
+      image: runtime.bundlingImage,
+      platform: architecture.dockerPlatform,
+      command: ["bash", "-c", "pip install --no-cache-dir -r requirements.txt -t /asset-output && cp -a app.py /asset-output/"],
+      local: {
+        tryBundle(outputDir) {
+          const pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary=:all:"];
+          const target = ["--platform", platform, "--implementation", "cp", "--python-version", pythonVersion, "--target", outputDir];
+          const r = spawnSync("python3", [...pip, ...target, "-r", join(dir, "requirements.txt")], { stdio: ["ignore", "inherit", "inherit"] });
+          if (r.error || r.status !== 0) {
+            process.stderr.write(`python3 -m pip could not bundle ${dir} (${r.error?.message ?? `exit ${r.status}`}); trying Docker\n`);
+            return false;
+          }
+          cpSync(join(dir, "app.py"), join(outputDir, "app.py"));
+          return true;
+        },
+      },
+    },
+  });
 }

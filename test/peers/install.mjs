@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Puts the real peers of the tests (SPEC §9) into the git-ignored cache .cache/peers: AWS's
 // Lambda Runtime Interface Emulator (built from its Go module), a Python virtual environment
-// with awslambdaric, databricks-sdk and boto3, the Node.js runtime interface client, and the
-// Go SDK program of test/peers/go. `npm test` runs it first. Each step records what it
+// with awslambdaric, databricks-sdk and boto3, the wheels examples/cdk bundles its Python
+// function with, the Node.js runtime interface client, and the Go SDK program of test/peers/go. `npm test` runs it first. Each step records what it
 // installed (a key of its pinned inputs) and does nothing when that is already there, so a
 // second run costs a few milliseconds. A missing toolchain stops it with a message that names
 // the tool: the peer tests never skip.
@@ -16,6 +16,8 @@ import {
   CLI,
   CLI_MODULE,
   CLI_VERSION,
+  EXAMPLE_REQUIREMENTS,
+  EXAMPLE_WHEELS,
   GO_PEER,
   GO_PEER_SRC,
   NODE_RIC,
@@ -105,6 +107,16 @@ function python() {
   });
 }
 
+/** The example function's wheels for Lambda's platform, as examples/cdk/app.ts asks pip for them. */
+function exampleWheels() {
+  const requirements = readFileSync(EXAMPLE_REQUIREMENTS, "utf8");
+  const platform = ["--platform", "manylinux2014_x86_64", "--implementation", "cp", "--python-version", "3.13"];
+  step("example-wheels", keyOf(requirements, ...platform), EXAMPLE_WHEELS, () => {
+    rmSync(EXAMPLE_WHEELS, { recursive: true, force: true });
+    return run(PYTHON, ["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:", ...platform, "--dest", EXAMPLE_WHEELS, "-r", EXAMPLE_REQUIREMENTS]);
+  });
+}
+
 function nodeRic() {
   step("aws-lambda-ric", keyOf(NODE_RIC_VERSION), NODE_RIC, () => {
     // Its install script builds curl and aws-lambda-cpp (SPEC §9 peers: aws-lambda-ric).
@@ -135,6 +147,7 @@ export function installPeers() {
   mountNamespace();
   rie();
   python();
+  exampleWheels();
   nodeRic();
   goPeer();
   cli();

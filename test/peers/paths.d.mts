@@ -7,6 +7,8 @@ export declare const RIE: string;
 export declare const REQUIREMENTS: string;
 export declare const VENV: string;
 export declare const PYTHON: string;
+export declare const EXAMPLE_REQUIREMENTS: string;
+export declare const EXAMPLE_WHEELS: string;
 export declare const NODE_RIC_VERSION: string;
 export declare const NODE_RIC_DIR: string;
 export declare const NODE_RIC: string;

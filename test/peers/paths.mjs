@@ -23,6 +23,14 @@ export const VENV = join(CACHE, "venv");
 export const PYTHON = join(VENV, "bin", "python");
 
 /**
+ * Wheels of examples/python's requirements for Lambda's python3.13 on x86_64, the platform
+ * examples/cdk bundles that function for: its synth in the tests finds them here, with pip
+ * kept off the index (test/cdk-example.test.ts).
+ */
+export const EXAMPLE_REQUIREMENTS = join(ROOT, "examples", "python", "requirements.txt");
+export const EXAMPLE_WHEELS = join(CACHE, "example-wheels");
+
+/**
  * Node.js runtime interface client, as AWS's own Node.js base images run it. 4.x declares
  * `engines.node >=22` (Lambda's nodejs22.x and newer) yet runs on this machine's Node.js 20;
  * 3.x needs autoreconf to build. It builds curl and aws-lambda-cpp from source at install
