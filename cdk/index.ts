@@ -53,8 +53,9 @@ export interface DatabricksTokenBrokerProps {
    */
   readonly metricsNamespace?: string;
   /**
-   * Creates, beside each function added, an alarm on any failed refresh of its default
-   * target in 5 minutes (template.yaml's). Needs `metrics`.
+   * Creates, beside each function added, an alarm on any failed refresh in 5 minutes
+   * (template.yaml's): one for the default target, and one for each named target of
+   * `DATABRICKS_TOKEN_BROKER_TARGETS` in `environment`. Needs `metrics`.
    * @default false
    */
   readonly refreshFailureAlarm?: boolean;
@@ -133,6 +134,9 @@ const HOST_PATTERN = /^https:\/\/[A-Za-z0-9.-]+(:[0-9]+)?\/?$/;
 /** src/metrics.ts's defaults and names (SPEC §8); test/cdk.test.ts holds them equal. */
 const METRICS_NAMESPACE_DEFAULT = "DatabricksTokenBroker";
 const DEFAULT_TARGET = "default";
+const TARGETS_VARIABLE = `${ENV_PREFIX}TARGETS`;
+/** A named target's name, as src/config.ts checks it. */
+const TARGET_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const REFRESH_FAILURE = "RefreshFailure";
 /**
  * CloudWatch's rule for a namespace, and its prefix reserved for AWS, as src/config.ts checks
@@ -154,6 +158,8 @@ export class DatabricksTokenBroker extends Construct {
   private readonly layerZipDir: string;
   private readonly layers = new Map<Flavour, lambda.LayerVersion>();
   private readonly added = new Set<lambda.Function>();
+  /** The targets each function's broker serves: `default`, then the named ones. */
+  private readonly targets: readonly string[];
 
   constructor(scope: Construct, id: string, props: DatabricksTokenBrokerProps) {
     super(scope, id);
@@ -161,6 +167,7 @@ export class DatabricksTokenBroker extends Construct {
     const stsDurationSeconds = props.stsDurationSeconds ?? 300;
     validate(props, audience, stsDurationSeconds);
     this.props = props;
+    this.targets = [DEFAULT_TARGET, ...namedTargets(props.environment?.[TARGETS_VARIABLE])];
     // The compiled construct is dist/cdk/index.js; the zips are beside dist/cdk.
     this.layerZipDir = props.layerZipDir ?? join(dirname(fileURLToPath(import.meta.url)), "..");
     this.environment = Object.freeze({
@@ -191,8 +198,8 @@ export class DatabricksTokenBroker extends Construct {
 
   /**
    * Attaches the layer for `fn`'s runtime and architecture, sets the environment, adds the
-   * policy to its role and, with `refreshFailureAlarm`, creates its alarm (a child of `fn`,
-   * id `DatabricksTokenBrokerRefreshFailure`). Throws at synth for a runtime the layer cannot
+   * policy to its role and, with `refreshFailureAlarm`, creates its alarms (children of `fn`,
+   * ids `DatabricksTokenBrokerRefreshFailure` and `DatabricksTokenBrokerRefreshFailure-<target>`). Throws at synth for a runtime the layer cannot
    * serve. A function added twice is equipped once.
    */
   public addFunction(fn: lambda.Function, options: AddFunctionOptions = {}): void {
@@ -210,9 +217,10 @@ export class DatabricksTokenBroker extends Construct {
     if (!image) fn.addLayers(this.layerFor(flavourOf(fn)));
     for (const [name, value] of Object.entries(this.environment)) fn.addEnvironment(name, value);
     fn.addToRolePolicy(this.policyStatement);
-    if (this.props.refreshFailureAlarm) {
-      const alarm = this.metricRefreshFailure(fn).createAlarm(fn, "DatabricksTokenBrokerRefreshFailure", {
-        alarmDescription: `databricks-token-broker could not refresh the Databricks token of ${fn.functionName}; see its log lines 'token refresh failed' and 'diagnosis'`,
+    for (const target of this.props.refreshFailureAlarm ? this.targets : []) {
+      const named = target === DEFAULT_TARGET ? "" : ` for target ${target}`;
+      const alarm = this.metricRefreshFailure(fn, { target }).createAlarm(fn, `DatabricksTokenBrokerRefreshFailure${target === DEFAULT_TARGET ? "" : `-${target}`}`, {
+        alarmDescription: `databricks-token-broker could not refresh the Databricks token of ${fn.functionName}${named}; see its log lines 'token refresh failed' and 'diagnosis'`,
         threshold: 0,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         evaluationPeriods: 1,
@@ -283,6 +291,30 @@ function flavourOf(fn: lambda.Function): Flavour {
 }
 
 /** Eager checks of the props, each naming the prop. */
+/**
+ * The names in a `DATABRICKS_TOKEN_BROKER_TARGETS` value, refused at synth as the broker would
+ * refuse them at init. The fields of each target are the broker's to check (and `doctor`'s).
+ */
+function namedTargets(raw: string | undefined): string[] {
+  if (raw === undefined || Token.isUnresolved(raw) || raw.trim() === "") return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (e) {
+    throw new Error(`DatabricksTokenBroker: environment.${TARGETS_VARIABLE} must be JSON like {"name": {"host": "https://..."}}: ${(e as Error).message}`);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new Error(`DatabricksTokenBroker: environment.${TARGETS_VARIABLE} must be a JSON object of named targets, like {"name": {"host": "https://..."}}`);
+  }
+  const names = Object.keys(parsed);
+  for (const name of names) {
+    if (!TARGET_NAME.test(name) || name === DEFAULT_TARGET) {
+      throw new Error(`DatabricksTokenBroker: environment.${TARGETS_VARIABLE} names a target ${JSON.stringify(name)}; names are 1-64 letters, digits, '-' or '_', and not "${DEFAULT_TARGET}"`);
+    }
+  }
+  return names;
+}
+
 function validate(props: DatabricksTokenBrokerProps, audience: string, stsDurationSeconds: number): void {
   if (!Token.isUnresolved(props.host) && !HOST_PATTERN.test(props.host)) {
     throw new Error(`DatabricksTokenBroker: host must be an https:// URL with no path, got ${JSON.stringify(props.host)}`);

@@ -342,6 +342,51 @@ describe("DatabricksTokenBroker's metrics and refresh-failure alarm", () => {
     expect(policy.Properties.PolicyDocument.Statement).toHaveLength(1);
   });
 
+  it("creates an alarm per named target of DATABRICKS_TOKEN_BROKER_TARGETS too, on the records the broker writes for it", () => {
+    const targets = { jobs: { host: "https://dbc-jobs.cloud.databricks.com" }, "serving_2": { host: "https://dbc-serving.cloud.databricks.com" } };
+    const { stack, broker } = stackWithBroker({ metrics: true, refreshFailureAlarm: true, environment: { DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify(targets) } });
+    const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
+    broker.addFunction(f);
+    const alarms = Template.fromStack(stack).findResources("AWS::CloudWatch::Alarm") as Record<string, { Properties: { Dimensions: { Name: string; Value: unknown }[]; AlarmDescription: unknown } }>;
+    const byTarget = Object.fromEntries(Object.values(alarms).map((a) => [a.Properties.Dimensions.find((d) => d.Name === "Target")!.Value, a.Properties]));
+    expect(Object.keys(byTarget).sort()).toEqual([DEFAULT_TARGET, "jobs", "serving_2"]);
+    expect(JSON.stringify(byTarget.jobs!.AlarmDescription)).toContain(" for target jobs;");
+    expect(f.node.tryFindChild("DatabricksTokenBrokerRefreshFailure-serving_2")).toBeDefined();
+    // The broker serves exactly these targets, and writes each one's records under its name.
+    const parsed = parseConfig({ ...broker.environment, AWS_REGION: "eu-west-1" });
+    expect(parsed.enabled && [...parsed.config.targets.keys()].sort()).toEqual(Object.keys(byTarget).sort());
+  });
+
+  it.each([
+    ["{not json", /TARGETS must be JSON like/],
+    ['[{"host":"https://x"}]', /TARGETS must be a JSON object of named targets/],
+    ['{"default":{"host":"https://x"}}', /names a target "default"/],
+    ['{"two words":{"host":"https://x"}}', /names a target "two words"; names are 1-64 letters/],
+  ])("refuses DATABRICKS_TOKEN_BROKER_TARGETS %s at synth", (targets, message) => {
+    expect(() => stackWithBroker({ environment: { DATABRICKS_TOKEN_BROKER_TARGETS: targets } })).toThrow(message);
+  });
+
+  it("accepts a target name exactly when the broker does", () => {
+    const names = ["jobs", "a-b_c", "X1", "x".repeat(64), "x".repeat(65), "default", "two words", "é", "a.b", ""];
+    for (const name of names) {
+      const environment = { DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ [name]: { host: "https://dbc-other.cloud.databricks.com" } }) };
+      let accepted = true;
+      try {
+        stackWithBroker({ environment });
+      } catch {
+        accepted = false;
+      }
+      let served = false;
+      try {
+        const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "eu-west-1", ...environment });
+        served = parsed.enabled && parsed.config.targets.has(name);
+      } catch {
+        // a problem: the broker refuses it
+      }
+      expect(accepted, JSON.stringify(name)).toBe(served);
+    }
+  });
+
   it("gives metricRefreshFailure for a named target, to build other alarms on", () => {
     const { stack, broker } = stackWithBroker({ metrics: true });
     const f = fn(stack, "Py", lambda.Runtime.PYTHON_3_13);
