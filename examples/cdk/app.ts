@@ -9,7 +9,7 @@
  * (databricks-sdk): by this machine's pip when it has one, else in Docker.
  */
 import { spawnSync } from "node:child_process";
-import { cpSync } from "node:fs";
+import { cpSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { App, CfnOutput, Stack } from "aws-cdk-lib";
@@ -78,6 +78,8 @@ function pythonCode(dir: string, runtime: lambda.Runtime, architecture: lambda.A
           const r = spawnSync("python3", [...pip, ...target, "-r", join(dir, "requirements.txt")], { stdio: ["ignore", "inherit", "inherit"] });
           if (r.error || r.status !== 0) {
             process.stderr.write(`python3 -m pip could not bundle ${dir} (${r.error?.message ?? `exit ${r.status}`}); trying Docker\n`);
+            // Docker installs into the same directory: leave it nothing half-installed.
+            for (const entry of readdirSync(outputDir)) rmSync(join(outputDir, entry), { recursive: true, force: true });
             return false;
           }
           cpSync(join(dir, "app.py"), join(outputDir, "app.py"));

@@ -2,10 +2,11 @@
 // Puts the real peers of the tests (SPEC §9) into the git-ignored cache .cache/peers: AWS's
 // Lambda Runtime Interface Emulator (built from its Go module), a Python virtual environment
 // with awslambdaric, databricks-sdk and boto3, the wheels examples/cdk bundles its Python
-// function with, the Node.js runtime interface client, and the Go SDK program of test/peers/go. `npm test` runs it first. Each step records what it
-// installed (a key of its pinned inputs) and does nothing when that is already there, so a
-// second run costs a few milliseconds. A missing toolchain stops it with a message that names
-// the tool: the peer tests never skip.
+// function with, the Node.js runtime interface client, and the Go SDK program of
+// test/peers/go. `npm test` runs it first. Each step records what it installed (a key of its
+// pinned inputs) and does nothing when that is already there, so a second run costs a few
+// milliseconds. A missing toolchain stops it with a message that names the tool: the peer
+// tests never skip.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
