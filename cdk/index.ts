@@ -199,8 +199,8 @@ export class DatabricksTokenBroker extends Construct {
   /**
    * Attaches the layer for `fn`'s runtime and architecture, sets the environment, adds the
    * policy to its role and, with `refreshFailureAlarm`, creates its alarms (children of `fn`,
-   * ids `DatabricksTokenBrokerRefreshFailure` and `DatabricksTokenBrokerRefreshFailure-<target>`). Throws at synth for a runtime the layer cannot
-   * serve. A function added twice is equipped once.
+   * ids `DatabricksTokenBrokerRefreshFailure` and `DatabricksTokenBrokerRefreshFailure-<target>`).
+   * Throws at synth for a runtime the layer cannot serve. A function added twice is equipped once.
    */
   public addFunction(fn: lambda.Function, options: AddFunctionOptions = {}): void {
     if (this.added.has(fn)) return;
@@ -290,7 +290,6 @@ function flavourOf(fn: lambda.Function): Flavour {
   );
 }
 
-/** Eager checks of the props, each naming the prop. */
 /**
  * The names in a `DATABRICKS_TOKEN_BROKER_TARGETS` value, refused at synth as the broker would
  * refuse them at init. The fields of each target are the broker's to check (and `doctor`'s).
@@ -315,6 +314,7 @@ function namedTargets(raw: string | undefined): string[] {
   return names;
 }
 
+/** Eager checks of the props, each naming the prop. */
 function validate(props: DatabricksTokenBrokerProps, audience: string, stsDurationSeconds: number): void {
   if (!Token.isUnresolved(props.host) && !HOST_PATTERN.test(props.host)) {
     throw new Error(`DatabricksTokenBroker: host must be an https:// URL with no path, got ${JSON.stringify(props.host)}`);
