@@ -218,9 +218,9 @@ export class DatabricksTokenBroker extends Construct {
     for (const [name, value] of Object.entries(this.environment)) fn.addEnvironment(name, value);
     fn.addToRolePolicy(this.policyStatement);
     for (const target of this.props.refreshFailureAlarm ? this.targets : []) {
-      const named = target === DEFAULT_TARGET ? "" : ` for target ${target}`;
-      const alarm = this.metricRefreshFailure(fn, { target }).createAlarm(fn, `DatabricksTokenBrokerRefreshFailure${target === DEFAULT_TARGET ? "" : `-${target}`}`, {
-        alarmDescription: `databricks-token-broker could not refresh the Databricks token of ${fn.functionName}${named}; see its log lines 'token refresh failed' and 'diagnosis'`,
+      const named = target !== DEFAULT_TARGET;
+      const alarm = this.metricRefreshFailure(fn, { target }).createAlarm(fn, `DatabricksTokenBrokerRefreshFailure${named ? `-${target}` : ""}`, {
+        alarmDescription: `databricks-token-broker could not refresh the Databricks token of ${fn.functionName}${named ? ` for target ${target}` : ""}; see its log lines 'token refresh failed' and 'diagnosis'`,
         threshold: 0,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         evaluationPeriods: 1,

@@ -43,6 +43,22 @@ function stackWithBroker(props: Partial<DatabricksTokenBrokerProps> = {}) {
   return { stack, broker };
 }
 
+/** True when `f` returns true or nothing, false when it returns false or throws. */
+function holds(f: () => unknown): boolean {
+  try {
+    return f() !== false;
+  } catch {
+    return false;
+  }
+}
+
+/** The broker's configuration for the default target plus `env`; throws where the broker refuses it. */
+function brokerConfig(env: Record<string, string>) {
+  const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "eu-west-1", ...env });
+  if (!parsed.enabled) throw new Error("the broker is disabled");
+  return parsed.config;
+}
+
 /** A function of this runtime; its code is a placeholder zip too (inline code exists only for some runtimes). */
 function fn(stack: Stack, id: string, runtime: lambda.Runtime, architecture = lambda.Architecture.X86_64) {
   return new lambda.Function(stack, id, { runtime, architecture, handler: "index.handler", code: lambda.Code.fromAsset(join(zipDir, "layer.zip")) });
@@ -370,19 +386,8 @@ describe("DatabricksTokenBroker's metrics and refresh-failure alarm", () => {
     const names = ["jobs", "a-b_c", "X1", "x".repeat(64), "x".repeat(65), "default", "two words", "é", "a.b", ""];
     for (const name of names) {
       const environment = { DATABRICKS_TOKEN_BROKER_TARGETS: JSON.stringify({ [name]: { host: "https://dbc-other.cloud.databricks.com" } }) };
-      let accepted = true;
-      try {
-        stackWithBroker({ environment });
-      } catch {
-        accepted = false;
-      }
-      let served = false;
-      try {
-        const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "eu-west-1", ...environment });
-        served = parsed.enabled && parsed.config.targets.has(name);
-      } catch {
-        // a problem: the broker refuses it
-      }
+      const accepted = holds(() => stackWithBroker({ environment }));
+      const served = holds(() => brokerConfig(environment).targets.has(name));
       expect(accepted, JSON.stringify(name)).toBe(served);
     }
   });
@@ -413,19 +418,8 @@ describe("DatabricksTokenBroker's metrics and refresh-failure alarm", () => {
   it("accepts a namespace only when the broker takes it as it is, so the alarm watches the records' namespace", () => {
     const namespaces = ["DatabricksTokenBroker", "Team/Data", "a", "My Broker", "x".repeat(255), "aws/lower", "", " a", "a ", "x".repeat(256), "é", "AWS/X", "tab\there"];
     for (const namespace of namespaces) {
-      let accepted = true;
-      try {
-        stackWithBroker({ metrics: true, metricsNamespace: namespace });
-      } catch {
-        accepted = false;
-      }
-      let asIs = false;
-      try {
-        const parsed = parseConfig({ DATABRICKS_TOKEN_BROKER_ENABLED: "true", DATABRICKS_HOST: HOST, AWS_REGION: "eu-west-1", DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: namespace });
-        asIs = parsed.enabled && parsed.config.metricsNamespace === namespace;
-      } catch {
-        // a problem: the broker refuses it
-      }
+      const accepted = holds(() => stackWithBroker({ metrics: true, metricsNamespace: namespace }));
+      const asIs = holds(() => brokerConfig({ DATABRICKS_TOKEN_BROKER_METRICS_NAMESPACE: namespace }).metricsNamespace === namespace);
       expect(accepted, JSON.stringify(namespace)).toBe(asIs);
     }
   });
