@@ -7,7 +7,10 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { describe, expect, it } from "vitest";
+import { chmod, cp, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { stackPerTest } from "./harness.js";
 import { logs, ROOT, type Stack } from "./stack.js";
 
@@ -215,7 +218,14 @@ describe("the extension in a Lambda environment", () => {
     // Lambda runs extensions as uid 993; an image without that user in /etc/passwd, and no
     // HOME, leaves os.homedir() nothing to answer, and the AWS SDK reads it for its config files.
     expect(readFileSync("/etc/passwd", "utf8")).not.toMatch(/^[^:]*:[^:]*:993:/m);
-    const s = await stack({ lambda: { uid: 993, gid: 990 } });
+    // A copy of the layer in a directory any user may reach, as Lambda's /opt is, whatever the
+    // checkout's parent directories allow.
+    const opt = await mkdtemp(join(tmpdir(), "dtb-sandbox-opt-"));
+    // After afterEach has closed the stack and so stopped the extension.
+    onTestFinished(() => rm(opt, { recursive: true, force: true }));
+    await chmod(opt, 0o755);
+    await cp(join(ROOT, "dist", "layer"), opt, { recursive: true });
+    const s = await stack({ lambda: { uid: 993, gid: 990 }, command: join(opt, "extensions", "databricks-token-broker") });
     await s.lambda.init;
     expect((await s.lambda.invoke(async () => (await s.token()).status)).result).toBe(200);
   });

@@ -79,8 +79,8 @@ const REFRESHED = /"msg":"token refreshed"/;
 let fn: NodeFunction;
 let s: PeerStack;
 beforeAll(async () => {
-  assertRunnableBySandboxUser();
   fn = await bundleNodeFunction();
+  assertRunnableBySandboxUser([process.execPath, fn.ric]);
   s = await startPeerStack({
     task: fn.task,
     bootstrap: fn.bootstrap,

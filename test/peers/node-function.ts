@@ -6,17 +6,19 @@
  * interface client AWS's base images run.
  */
 import { statSync } from "node:fs";
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { build } from "esbuild";
-import { NODE_RIC } from "./paths.mjs";
+import { NODE_RIC, NODE_RIC_DIR } from "./paths.mjs";
 import { FUNCTIONS } from "./peer-stack.js";
 
 export interface NodeFunction {
   task: string;
   bootstrap: string[];
-  /** Removes the bundle. */
+  /** The runtime interface client the bootstrap runs. */
+  ric: string;
+  /** Removes the bundle and the client's copy. */
   remove(): Promise<void>;
 }
 
@@ -39,11 +41,18 @@ export async function bundleNodeFunction(): Promise<NodeFunction> {
   // What the nodejs runtimes' /var/runtime/bootstrap does: the runtime interface client, with
   // the handler Lambda puts in _HANDLER. RIE's Managed Instances mode runs only a bootstrap
   // file (here /var/task/bootstrap); its on-demand mode runs the command below.
-  await writeFile(join(task, "bootstrap"), `#!/bin/sh\nexec "${process.execPath}" "${NODE_RIC}" "$_HANDLER"\n`, { mode: 0o755 });
+  // The client runs from a copy in a directory any user may reach, as Lambda's /var/runtime is,
+  // whatever the parents of the checkout's cache allow (Managed Instances run it as uid 993).
+  const runtime = await mkdtemp(join(tmpdir(), "peer-node-runtime-"));
+  await chmod(runtime, 0o755);
+  await cp(join(NODE_RIC_DIR, "node_modules"), join(runtime, "node_modules"), { recursive: true });
+  const ric = join(runtime, relative(NODE_RIC_DIR, NODE_RIC));
+  await writeFile(join(task, "bootstrap"), `#!/bin/sh\nexec "${process.execPath}" "${ric}" "$_HANDLER"\n`, { mode: 0o755 });
   return {
     task,
-    bootstrap: [process.execPath, NODE_RIC, "index.handler"],
-    remove: () => rm(task, { recursive: true, force: true }),
+    bootstrap: [process.execPath, ric, "index.handler"],
+    ric,
+    remove: () => Promise.all([task, runtime].map((dir) => rm(dir, { recursive: true, force: true }))).then(() => {}),
   };
 }
 
@@ -53,7 +62,7 @@ export async function bundleNodeFunction(): Promise<NodeFunction> {
  * where they are not (a Node.js under a private home directory, say), rather than letting the
  * runtime die with "Permission denied" inside RIE.
  */
-export function assertRunnableBySandboxUser(paths: string[] = [process.execPath, NODE_RIC]): void {
+export function assertRunnableBySandboxUser(paths: string[]): void {
   for (const path of paths) {
     if ((statSync(path).mode & 0o005) !== 0o005) throw new Error(`${path} must be readable and executable by others: RIE's Managed Instances mode runs the runtime as uid 993`);
     for (let dir = dirname(path); ; dir = dirname(dir)) {
